@@ -1,0 +1,79 @@
+// The one parameter struct shared by every backend (CPU, Hopper).
+//
+// The FFI handlers (cc/ffi/) fill it from XLA buffers and attributes and
+// validate it; backends read it and nothing else, so data flows one way:
+// FFI handler -> AttnParams -> backend kernel.
+#pragma once
+
+#include <cstdint>
+
+namespace jax_fa3 {
+
+enum class DType : int { kF16 = 0, kBF16 = 1, kF32 = 2 };
+
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+    case DType::kF32: return "float32";
+  }
+  return "?";
+}
+
+struct AttnParams {
+  // ---- shapes -------------------------------------------------------------
+  // Layout is (batch, seqlen, heads, head_dim) like FA3 and
+  // jax.nn.dot_product_attention; leading dims beyond 4-D fold into batch.
+  int64_t batch = 0;
+  int64_t seqlen_q = 0;
+  int64_t seqlen_k = 0;
+  int64_t num_heads = 0;    // query heads
+  int64_t num_heads_k = 0;  // key/value heads; num_heads % num_heads_k == 0
+  int64_t head_dim = 0;
+  int64_t h_h_k_ratio = 1;  // num_heads / num_heads_k (GQA/MQA group size)
+
+  // ---- strides, in elements (last dim is always contiguous) ---------------
+  // Q/O/dQ/dO share the q strides, K/V/dK/dV the k strides: XLA hands us
+  // dense row-major buffers, and keeping them separate lets later callers
+  // (varlen, paged KV) pass views.
+  int64_t q_batch_stride = 0, q_row_stride = 0, q_head_stride = 0;
+  int64_t k_batch_stride = 0, k_row_stride = 0, k_head_stride = 0;
+  // LSE is (batch, heads, seqlen_q) float32, as in FA3.
+  int64_t lse_batch_stride = 0, lse_head_stride = 0;
+
+  DType dtype = DType::kBF16;
+
+  // ---- semantics (see mask.h for exactly which keys a query sees) --------
+  float softmax_scale = 1.0f;
+  bool causal = false;
+  int window_left = -1;   // -1: unbounded
+  int window_right = -1;  // -1: unbounded; causal forces 0
+  float softcap = 0.0f;   // 0: off; else s = softcap * tanh(s / softcap)
+
+  // ---- forward buffers ----------------------------------------------------
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;
+
+  // ---- backward buffers ---------------------------------------------------
+  const void* dout = nullptr;
+  const void* out_in = nullptr;   // forward output, read by the backward
+  const float* lse_in = nullptr;  // forward LSE, read by the backward
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  bool deterministic = false;
+  // Device scratch for the backward (fp32 dQ accumulator, dPsum, ...); the
+  // handler obtains it from XLA's scratch allocator, never cudaMalloc.
+  void* workspace = nullptr;
+  int64_t workspace_bytes = 0;
+
+  // ---- derived helpers ----------------------------------------------------
+  int64_t q_elems() const { return batch * seqlen_q * num_heads * head_dim; }
+  int64_t k_elems() const { return batch * seqlen_k * num_heads_k * head_dim; }
+  int64_t lse_elems() const { return batch * num_heads * seqlen_q; }
+};
+
+}  // namespace jax_fa3

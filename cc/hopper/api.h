@@ -1,0 +1,30 @@
+// Entry points of the Hopper (sm90a) backend, seen from the FFI handlers.
+// Kept free of CUDA and CuTe headers so the handler .cc files compile with
+// the host compiler alone (XLA's FFI headers do not survive nvcc's host pass).
+// When the CUDA part is not built, cc/hopper/not_built.cc provides versions
+// that return a "not built" message.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "cc/common/params.h"
+
+namespace jax_fa3::hopper {
+
+// "" when the current device can run our kernels, else why not.
+std::string check_device();
+
+// Forward. `stream` is the cudaStream_t XLA hands the handler. Returns "" on
+// success, else a message (unsupported combination, launch failure).
+std::string run_fwd(const AttnParams& p, void* stream);
+
+// Scratch the backward needs (dQ fp32 accumulator, dPsum, scaled LSE,
+// semaphores) for these params; the handler gets it from XLA.
+size_t bwd_workspace_bytes(const AttnParams& p);
+std::string run_bwd(const AttnParams& p, void* stream);
+
+// Whether this build contains the CUDA kernels.
+bool built();
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,42 @@
+# The Hopper (sm90a) kernels: a static library of .cu files linked into the
+# extension. CUTLASS/CuTe headers come from the nvidia-cutlass wheel
+# (cutlass_library), never vendored.
+enable_language(CUDA)
+find_package(CUDAToolkit REQUIRED)
+if(CUDAToolkit_VERSION VERSION_LESS 12.3)
+  message(FATAL_ERROR "jax_fa3: the Hopper kernels need CUDA >= 12.3, found ${CUDAToolkit_VERSION}")
+endif()
+
+execute_process(COMMAND "${Python_EXECUTABLE}" -c
+                "import cutlass_library, os; print(os.path.join(cutlass_library.source_path, 'include'))"
+                OUTPUT_STRIP_TRAILING_WHITESPACE OUTPUT_VARIABLE CUTLASS_INCLUDE
+                RESULT_VARIABLE _cutlass_rc)
+if(NOT _cutlass_rc EQUAL 0 OR NOT EXISTS "${CUTLASS_INCLUDE}/cute/tensor.hpp")
+  message(FATAL_ERROR "jax_fa3: CUTLASS headers not found; pip install nvidia-cutlass")
+endif()
+message(STATUS "jax_fa3: CUTLASS headers in ${CUTLASS_INCLUDE}")
+message(STATUS "jax_fa3: building Hopper kernels for head dims ${JAX_FA3_HEAD_DIMS}")
+
+file(GLOB _hopper_common CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/cc/hopper/*.cu")
+set(_hopper_inst "")
+set(_hopper_defs "")
+foreach(d IN LISTS JAX_FA3_HEAD_DIMS)
+  file(GLOB _f CONFIGURE_DEPENDS "${CMAKE_CURRENT_SOURCE_DIR}/cc/hopper/instantiations/*_hdim${d}_*.cu")
+  list(APPEND _hopper_inst ${_f})
+  list(APPEND _hopper_defs "JAX_FA3_HAS_HDIM${d}=1")
+endforeach()
+
+add_library(jax_fa3_hopper STATIC ${_hopper_common} ${_hopper_inst})
+target_include_directories(jax_fa3_hopper PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}" "${CUTLASS_INCLUDE}")
+target_compile_definitions(jax_fa3_hopper PRIVATE ${_hopper_defs} NDEBUG)
+set_target_properties(jax_fa3_hopper PROPERTIES
+  CUDA_ARCHITECTURES OFF            # we pass -gencode ourselves: sm_90a, not sm_90
+  CUDA_STANDARD 17
+  CUDA_SEPARABLE_COMPILATION OFF
+  POSITION_INDEPENDENT_CODE ON)
+# -DNDEBUG is not optional: without it ptxas serialises wgmma (C7510).
+# The `a` target is needed for wgmma and setmaxnreg.
+target_compile_options(jax_fa3_hopper PRIVATE
+  $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr
+  --use_fast_math -O3 -lineinfo -Xptxas=--warn-on-spills -DNDEBUG>)
+target_link_libraries(jax_fa3_hopper PUBLIC CUDA::cudart_static CUDA::cuda_driver)
