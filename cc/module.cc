@@ -1,6 +1,7 @@
 // nanobind module: hands the FFI handler capsules to Python
 // (jax_fa3/_ffi.py registers them with jax.ffi.register_ffi_target).
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include "cc/ffi/handlers.h"
 #include "cc/hopper/api.h"

@@ -27,6 +27,21 @@ foreach(d IN LISTS JAX_FA3_HEAD_DIMS)
 endforeach()
 
 add_library(jax_fa3_hopper STATIC ${_hopper_common} ${_hopper_inst})
+
+# A CuTe attention TU can take ~10 GB of compiler memory: bound concurrent
+# nvcc jobs by memory (one per ~12 GB; 1 on a 24 GB CI machine, 10 on the
+# 128 GB GPU machine). JAX_FA3_NVCC_JOBS overrides.
+cmake_host_system_information(RESULT _mem_mib QUERY TOTAL_PHYSICAL_MEMORY)
+math(EXPR _nvcc_jobs "${_mem_mib} / 12288")
+if(_nvcc_jobs LESS 1)
+  set(_nvcc_jobs 1)
+endif()
+if(DEFINED ENV{JAX_FA3_NVCC_JOBS})
+  set(_nvcc_jobs "$ENV{JAX_FA3_NVCC_JOBS}")
+endif()
+message(STATUS "jax_fa3: at most ${_nvcc_jobs} nvcc job(s) at once")
+set_property(GLOBAL APPEND PROPERTY JOB_POOLS jax_fa3_nvcc=${_nvcc_jobs})
+set_property(TARGET jax_fa3_hopper PROPERTY JOB_POOL_COMPILE jax_fa3_nvcc)
 target_include_directories(jax_fa3_hopper PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}" "${CUTLASS_INCLUDE}")
 target_compile_definitions(jax_fa3_hopper PRIVATE ${_hopper_defs} NDEBUG)
 set_target_properties(jax_fa3_hopper PROPERTIES

@@ -119,7 +119,7 @@ ffi::Error BwdCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
     // XLA's allocator: no cudaMalloc in our code, and safe under graphs.
     auto mem = scratch.Allocate(bytes, /*alignment=*/256);
     if (!mem.has_value())
-      return ffi::Error::ResourceExhausted("jax_fa3: could not allocate " +
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_fa3: could not allocate " +
                                            std::to_string(bytes) +
                                            " bytes of backward scratch");
     p.workspace = *mem;

@@ -1,0 +1,12 @@
+"""jax_fa3: FlashAttention-3 for JAX.
+
+Hopper (sm90a) CUTLASS/CuTe kernels exposed as XLA FFI custom calls, with a
+CPU backend as fallback and oracle. See ``jax_fa3.attention``.
+"""
+
+from jax_fa3 import reference
+from jax_fa3._ffi import cuda_built
+from jax_fa3.attention import attention
+
+__all__ = ["attention", "reference", "cuda_built"]
+__version__ = "0.1.0"

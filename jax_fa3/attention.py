@@ -1,0 +1,76 @@
+"""Public API: ``jax_fa3.attention``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from jax_fa3 import _validate
+from jax_fa3 import primitives
+
+
+def attention(q: jax.Array,
+              k: jax.Array,
+              v: jax.Array,
+              *,
+              softmax_scale: float | None = None,
+              causal: bool = False,
+              window_size: tuple[int, int] = (-1, -1),
+              softcap: float = 0.0,
+              return_lse: bool = False,
+              deterministic: bool = False) -> Any:
+  """Exact scaled dot-product attention, FlashAttention-3 style.
+
+  Computes ``softmax(mask(softcap(softmax_scale * q @ k^T))) @ v`` per head
+  without materialising the score matrix (FlashAttention-3, Shah et al. 2024;
+  API after FA3's ``flash_attn_func`` and ``jax.nn.dot_product_attention``).
+  Works under ``jax.jit``, ``jax.grad``, ``jax.vmap`` (extra leading dims fold
+  into batch) and ``jax.checkpoint``.
+
+  Args:
+    q: queries, shape ``(batch, seqlen_q, heads, head_dim)``; float16 or
+      bfloat16 (float32 accepted on the CPU backend). Extra leading dims are
+      treated as batch.
+    k: keys, shape ``(batch, seqlen_k, kv_heads, head_dim)``, same dtype;
+      ``heads % kv_heads == 0`` (GQA/MQA: K/V are indexed, never repeated).
+    v: values, same shape and dtype as ``k``.
+    softmax_scale: multiplier of ``q @ k^T``; default ``1/sqrt(head_dim)``.
+    causal: causal mask, bottom-right aligned when ``seqlen_q != seqlen_k``
+      (query ``i`` sees keys ``j <= i + seqlen_k - seqlen_q``), as in FA3.
+    window_size: ``(left, right)`` sliding window, ``-1`` = unbounded: query
+      ``i`` sees keys in ``[i + off - left, i + off + right]`` with
+      ``off = seqlen_k - seqlen_q``. ``causal`` sets ``right = 0``.
+    softcap: if > 0, scores become ``softcap * tanh(scores / softcap)``
+      (Gemma 2 / Grok style), applied after ``softmax_scale``.
+    return_lse: also return the log-sum-exp of each query row (natural log,
+      float32, shape ``(batch, heads, seqlen_q)``; ``-inf`` for a row that
+      sees no key, whose output is 0). The LSE carries no gradient (as FA3).
+    deterministic: make the backward bitwise reproducible run to run.
+
+  Returns:
+    ``out`` with the shape and dtype of ``q``; or ``(out, lse)`` when
+    ``return_lse``.
+
+  Raises:
+    TypeError / ValueError: before lowering, naming the offending argument
+      (rank, dtype, head_dim not a multiple of 8 in [8, 256], heads not a
+      multiple of kv_heads, bad window/softcap/scale).
+  """
+  _validate.check_qkv(q, k, v)
+  causal = _validate.check_bool("causal", causal)
+  return_lse = _validate.check_bool("return_lse", return_lse)
+  deterministic = _validate.check_bool("deterministic", deterministic)
+  left, right = _validate.resolve_window(window_size)
+  cfg = primitives.AttnConfig(
+      softmax_scale=_validate.resolve_scale(softmax_scale, q.shape[-1]),
+      causal=causal,
+      window_left=left,
+      window_right=0 if causal else right,
+      softcap=_validate.resolve_softcap(softcap),
+      deterministic=deterministic,
+  )
+  out, lse = primitives.attention_with_lse(q, k, v, cfg)
+  if return_lse:
+    return out, jax.lax.stop_gradient(lse)
+  return out
