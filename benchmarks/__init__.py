@@ -1,0 +1,1 @@
+"""Benchmarks for jax_fa3 (``python -m benchmarks.attention``)."""
