@@ -17,7 +17,8 @@ SUPPORTED_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32)
 MAX_HEAD_DIM = 256
 
 
-def check_qkv(q: Any, k: Any, v: Any) -> None:
+def check_qkv(q: Any, k: Any, v: Any, *, allow_float64: bool = False) -> None:
+  allowed = [np.dtype(d) for d in SUPPORTED_DTYPES] + ([np.dtype(np.float64)] if allow_float64 else [])
   for name, x in (("q", q), ("k", k), ("v", v)):
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
       raise TypeError(f"{name} must be an array, got {type(x).__name__}")
@@ -25,7 +26,7 @@ def check_qkv(q: Any, k: Any, v: Any) -> None:
       raise ValueError(
           f"{name} must have shape (batch, seqlen, heads, head_dim) (rank >= 4),"
           f" got shape {tuple(x.shape)}")
-    if x.dtype not in [np.dtype(d) for d in SUPPORTED_DTYPES]:
+    if x.dtype not in allowed:
       raise TypeError(
           f"{name} must be float16 or bfloat16 (float32 on the CPU backend), got"
           f" {x.dtype}")

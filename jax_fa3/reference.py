@@ -54,7 +54,7 @@ def attention(q: jax.Array,
   signature parity and has no effect.
   """
   del deterministic
-  _validate.check_qkv(q, k, v)
+  _validate.check_qkv(q, k, v, allow_float64=True)
   scale = _validate.resolve_scale(softmax_scale, q.shape[-1])
   left, right = _validate.resolve_window(window_size)
   softcap = _validate.resolve_softcap(softcap)

@@ -70,7 +70,8 @@ def f64(x):
 def max_err(a, b):
   a, b = f64(a), f64(b)
   both_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
-  d = np.where(both_inf, 0.0, np.abs(a - b))
+  with np.errstate(invalid="ignore"):
+    d = np.where(both_inf, 0.0, np.abs(a - b))
   return float(np.max(d)) if d.size else 0.0
 
 
