@@ -43,7 +43,11 @@ message(STATUS "jax_fa3: at most ${_nvcc_jobs} nvcc job(s) at once")
 set_property(GLOBAL APPEND PROPERTY JOB_POOLS jax_fa3_nvcc=${_nvcc_jobs})
 set_property(TARGET jax_fa3_hopper PROPERTY JOB_POOL_COMPILE jax_fa3_nvcc)
 target_include_directories(jax_fa3_hopper PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}" "${CUTLASS_INCLUDE}")
-target_compile_definitions(jax_fa3_hopper PRIVATE ${_hopper_defs} NDEBUG)
+# CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED: the 64xNx16 WGMMA atoms with N = 96
+# and 192 (P*V for head dims 96 and 192) are behind it (kernel_traits.h also
+# sets it, this keeps the include order from mattering).
+target_compile_definitions(jax_fa3_hopper PRIVATE ${_hopper_defs} NDEBUG
+                           CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED)
 set_target_properties(jax_fa3_hopper PROPERTIES
   CUDA_ARCHITECTURES OFF            # we pass -gencode ourselves: sm_90a, not sm_90
   CUDA_STANDARD 17
@@ -54,4 +58,6 @@ set_target_properties(jax_fa3_hopper PROPERTIES
 target_compile_options(jax_fa3_hopper PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr
   --use_fast_math -O3 -lineinfo -Xptxas=--warn-on-spills -DNDEBUG>)
-target_link_libraries(jax_fa3_hopper PUBLIC CUDA::cudart_static CUDA::cuda_driver)
+# No libcuda link: CuTe reaches cuTensorMapEncodeTiled through the runtime's
+# driver entry point, so the module loads on machines with only the driver.
+target_link_libraries(jax_fa3_hopper PUBLIC CUDA::cudart_static)

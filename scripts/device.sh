@@ -40,7 +40,8 @@ for stage in "${stages[@]}"; do
         2>&1 | tail -1 | tee -a "$summary"
       ;;
     test)
-      python3 -m pytest -q -m "not gpu" tests >"$OUT/test_cpu.log" 2>&1
+      # The CPU suite pinned to the CPU backend (else arrays land on the GPU).
+      JAX_PLATFORMS=cpu python3 -m pytest -q -m "not gpu" tests >"$OUT/test_cpu.log" 2>&1
       note "cpu tests: rc=$? $(tail -1 "$OUT/test_cpu.log")"
       python3 -m pytest -q -rs -m gpu tests >"$OUT/test_gpu.log" 2>&1
       note "gpu tests: rc=$? $(tail -1 "$OUT/test_gpu.log")"

@@ -1,0 +1,65 @@
+// Device checks and the not-yet-written backward of the Hopper backend.
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cc/hopper/api.h"
+
+namespace jax_fa3::hopper {
+
+namespace {
+constexpr int kMaxDevices = 64;
+std::mutex g_mu;
+// Per-device cache: 0 unknown, 1 ok, 2 not ok (with message).
+int g_state[kMaxDevices] = {};
+std::string g_msg[kMaxDevices];
+int g_sms[kMaxDevices] = {};
+}  // namespace
+
+namespace detail {
+int sm_count_cached() {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 132;
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_sms[dev] == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+      n = 132;
+    g_sms[dev] = n;
+  }
+  return g_sms[dev];
+}
+}  // namespace detail
+
+std::string check_device() {
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
+  if (err != cudaSuccess) return std::string("jax_fa3: cudaGetDevice failed: ") + cudaGetErrorString(err);
+  if (dev < 0 || dev >= kMaxDevices) return "jax_fa3: device index out of range";
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (g_state[dev] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+    if (major == 9 && minor == 0) {
+      g_state[dev] = 1;
+    } else {
+      g_state[dev] = 2;
+      g_msg[dev] = "jax_fa3: the Hopper kernels need an sm_90 GPU (H100/H200); device " +
+                   std::to_string(dev) + " is sm_" + std::to_string(major) + std::to_string(minor);
+    }
+  }
+  return g_state[dev] == 1 ? std::string() : g_msg[dev];
+}
+
+size_t bwd_workspace_bytes(const AttnParams&) { return 0; }
+
+std::string run_bwd(const AttnParams&, void*) {
+  return "the Hopper backward kernel is not implemented yet";
+}
+
+bool built() { return true; }
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,177 @@
+// Compile-time configuration of the Hopper forward kernel: tile shapes per
+// head dim, shared-memory layouts, pipeline depth, warp-group roles, and the
+// WGMMA atoms. Everything the kernel needs to know statically lives here so
+// the other headers are generic in `Traits`.
+#pragma once
+
+// The 64xNx16 WGMMA atoms with N not a power of two (80, 96, 112, 192, ...)
+// are behind this switch in CuTe; our tiles use them.
+#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#endif
+
+#include <cute/tensor.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/copy_atom.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+namespace jax_fa3::hopper {
+
+using namespace cute;
+
+// Block shapes per head dim (bf16/fp16). Each consumer warpgroup owns 64
+// query rows (WGMMA's M); kBlockM = 64 * kMmaWG. kBlockN is the key-block
+// width. smem = Q + stages * (K + V) must stay under the 227 KB a block gets
+// (the epilogue writes O straight from registers, so none is set aside):
+//   d=64 : 128x128, 2 WGs, 3 stages: 16K + 3*32K = 112 KB  (causal / local)
+//          192x128, 3 WGs, 3 stages: 24K + 3*32K = 120 KB  (otherwise)
+//   d=96 : 128x128, 2 WGs, 2 stages: 24K + 2*48K = 120 KB
+//   d=128: 128x128, 2 WGs, 2 stages: 32K + 2*64K = 160 KB
+//   d=192: 128x64 , 2 WGs, 3 stages: 48K + 3*48K = 192 KB
+//   d=256: 128x64 , 2 WGs, 2 stages: 64K + 2*64K = 192 KB
+// Measured on H100 (tests/cuda, bf16, 16k): d=256 with kBlockN = 80 (FA3's
+// choice) ran at 446 TF/s against 619 with 64; d=64 with 3 warpgroups ran
+// 6-8% faster non-causal but 25% slower causal at 2k, hence two variants.
+// Registers (setmaxnreg): the producer's + consumers' counts must fit in
+// what the CTA got at launch (65536 / threads, rounded down to 8, x threads):
+// 168 x 384 = 64512 for 2 consumer WGs, 128 x 512 = 65536 for 3.
+template <int D, int WG> struct TileConfig;
+template <> struct TileConfig<64, 2> {
+  static constexpr int kBlockN = 128, kStages = 3, kProducerRegs = 40, kConsumerRegs = 232;
+};
+template <> struct TileConfig<64, 3> {
+  static constexpr int kBlockN = 128, kStages = 3, kProducerRegs = 32, kConsumerRegs = 160;
+};
+template <> struct TileConfig<96, 2> {
+  static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40, kConsumerRegs = 232;
+};
+template <> struct TileConfig<128, 2> {
+  static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40, kConsumerRegs = 232;
+};
+template <> struct TileConfig<192, 2> {
+  static constexpr int kBlockN = 64, kStages = 3, kProducerRegs = 40, kConsumerRegs = 232;
+};
+template <> struct TileConfig<256, 2> {
+  static constexpr int kBlockN = 64, kStages = 2, kProducerRegs = 40, kConsumerRegs = 232;
+};
+
+// Largest 128B/64B/32B swizzle atom whose row (contiguous run along head_dim)
+// divides D: K-major for Q and K, and, read transposed, MN-major for V.
+template <class Element, int D>
+CUTE_HOST_DEVICE constexpr auto kmajor_atom() {
+  if constexpr (D % 64 == 0) return GMMA::Layout_K_SW128_Atom<Element>{};
+  else if constexpr (D % 32 == 0) return GMMA::Layout_K_SW64_Atom<Element>{};
+  else return GMMA::Layout_K_SW32_Atom<Element>{};
+}
+
+template <int kHeadDim_, class Element_, int kMmaWG_ = 2>
+struct FwdTraits {
+  using Element = Element_;   // cutlass::bfloat16_t or cutlass::half_t
+  using ElementAcc = float;
+  static constexpr int kHeadDim = kHeadDim_;
+  using Config = TileConfig<kHeadDim_, kMmaWG_>;
+  static constexpr int kBlockN = Config::kBlockN;
+  static constexpr int kStages = Config::kStages;
+
+  // Warp roles: warpgroup 0 = producer (one warp issues all TMA loads),
+  // warpgroups 1.. = consumers (64 query rows each).
+  static constexpr int kNumMmaWarpGroups = kMmaWG_;
+  static constexpr int kBlockM = 64 * kNumMmaWarpGroups;
+  static constexpr int kNumThreads = 128 * (1 + kNumMmaWarpGroups);
+  static constexpr int kNumMmaThreads = 128 * kNumMmaWarpGroups;
+  // setmaxnreg split (TileConfig): 40 for the producer and 232 per consumer
+  // thread, or 24/240 where the consumers need the extra registers. The sum
+  // must stay within what the CTA got at launch (168 * 384 = 64512).
+  static constexpr int kProducerRegs = Config::kProducerRegs;
+  static constexpr int kConsumerRegs = Config::kConsumerRegs;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kNumMmaThreads <=
+                (65536 / kNumThreads) / 8 * 8 * kNumThreads);
+
+  // FA3 §3.2 scheduling: intra-warpgroup overlap of softmax with the
+  // WGMMAs, and pingpong of the consumer warpgroups. The overlapped mainloop
+  // keeps S, P and O live at once; d=256 (O alone is 128 registers) and the
+  // 3-warpgroup d=64 (160 registers per thread) spill with it, so they use
+  // the serial mainloop. Pingpong is on with the overlapped mainloop only:
+  // added to the serial one it cost 7-10% on H100 (d=256 16k: 619 -> 576
+  // TF/s; d=64 3-WG 16k: 484 -> 438), the strict hand-over adding waits
+  // there; the warpgroups already interleave on their own.
+#ifdef JAX_FA3_FWD_OVERLAP  // build-time override for experiments
+  static constexpr bool kOverlap = JAX_FA3_FWD_OVERLAP;
+#else
+  static constexpr bool kOverlap = kHeadDim_ <= 192 && kNumMmaWarpGroups == 2;
+#endif
+  static constexpr bool kPingpong = kOverlap;
+
+  using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;
+  using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;
+  // Two warpgroups stacked along M; each owns 64 rows of S and O.
+  using AtomLayoutMNK = Layout<Shape<Int<kNumMmaWarpGroups>, _1, _1>>;
+  // S = Q K^T: both operands from swizzled smem, both K-major.
+  using TiledMmaQK = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAcc,
+                           Shape<_64, Int<kBlockN>, Int<kHeadDim>>>(),
+      AtomLayoutMNK{}));
+  // O += P V: P from registers (no smem round trip), V from smem read
+  // transposed, i.e. MN-major.
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, ElementAcc,
+                           Shape<_64, Int<kHeadDim>, Int<kBlockN>>,
+                           GMMA::Major::K, GMMA::Major::MN>(),
+      AtomLayoutMNK{}));
+
+  using SmemAtom = decltype(kmajor_atom<Element, kHeadDim>());
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  using SmemLayoutK = decltype(tile_to_shape(
+      SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutV = SmemLayoutK;
+  // V^T view (head_dim, kBlockN, stage) of the same bytes: the K-major atom
+  // (8 keys x 64 dims, dims contiguous) read with its modes swapped is exactly
+  // the MN-major atom WGMMA wants for B = V^T.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutV{},
+      make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{},
+                          Step<_2, _1, _3>{})));
+
+  using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename MainloopPipeline::PipelineState;
+
+  static constexpr int kTmaBytesQ = kBlockM * kHeadDim * int(sizeof(Element));
+  static constexpr int kTmaBytesKV = kBlockN * kHeadDim * int(sizeof(Element));
+
+  struct SharedStorage {
+    // 1024-byte alignment: the 128B swizzle pattern repeats every 1 KB and
+    // TMA/WGMMA assume the atom starts on that boundary.
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> smem_q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> smem_k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> smem_v;
+    typename MainloopPipeline::SharedStorage pipeline_k;
+    typename MainloopPipeline::SharedStorage pipeline_v;
+    cutlass::arch::ClusterTransactionBarrier barrier_q;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 232448, "tile does not fit in shared memory");
+
+  // Global-memory view used to build the TMA descriptors:
+  // (seqlen, head_dim, heads, batch), strides in elements, head_dim contiguous.
+  using GmemStride = cute::Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemLayout = cute::Layout<cute::Shape<int32_t, int32_t, int32_t, int32_t>, GmemStride>;
+  using TmaQ = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+      SmemLayoutQ{}, Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+      take<0, 2>(SmemLayoutK{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+};
+
+// Named-barrier ids (offset by CUTLASS's reserved ids inside NamedBarrier).
+enum class FwdBarrier : uint32_t {
+  kQueryEmpty = 0,   // consumers -> producer: Q smem may be overwritten
+  kWarpSchedulerWG1 = 1,  // pingpong: WG1's turn to issue WGMMAs
+  kWarpSchedulerWG2 = 2,  // pingpong: WG2's turn
+};
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,134 @@
+// run_fwd: validates what the kernel supports and dispatches on
+// (head_dim, dtype) to the explicitly instantiated launch_fwd<D, Element>
+// (cc/hopper/instantiations/). Kept free of CuTe so it compiles fast.
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "cc/common/params.h"
+#include "cc/hopper/api.h"
+
+namespace jax_fa3::hopper {
+
+template <int D, class Element>
+std::string launch_fwd(const AttnParams& p, cudaStream_t stream);
+
+namespace {
+
+template <class Element>
+std::string dispatch_hdim(const AttnParams& p, cudaStream_t s) {
+  switch (p.head_dim) {
+#ifdef JAX_FA3_HAS_HDIM64
+    case 64: return launch_fwd<64, Element>(p, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM96
+    case 96: return launch_fwd<96, Element>(p, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM128
+    case 128: return launch_fwd<128, Element>(p, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM192
+    case 192: return launch_fwd<192, Element>(p, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM256
+    case 256: return launch_fwd<256, Element>(p, s);
+#endif
+    default:
+      return "jax_fa3 hopper fwd: head_dim " + std::to_string(p.head_dim) +
+             " is not built (built: JAX_FA3_HEAD_DIMS)";
+  }
+}
+
+bool hdim_built(int64_t d) {
+  switch (d) {
+#ifdef JAX_FA3_HAS_HDIM64
+    case 64:
+#endif
+#ifdef JAX_FA3_HAS_HDIM96
+    case 96:
+#endif
+#ifdef JAX_FA3_HAS_HDIM128
+    case 128:
+#endif
+#ifdef JAX_FA3_HAS_HDIM192
+    case 192:
+#endif
+#ifdef JAX_FA3_HAS_HDIM256
+    case 256:
+#endif
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+// seqlen_k == 0: every row sees no key, so out = 0 and lse = -inf. Handled
+// here because a TMA descriptor cannot describe an empty K/V tensor.
+__global__ void fill_empty_rows(uint16_t* out, float* lse, int64_t rows, int64_t sq,
+                                int64_t heads, int64_t d, int64_t q_batch_stride,
+                                int64_t q_row_stride, int64_t q_head_stride,
+                                int64_t lse_batch_stride, int64_t lse_head_stride) {
+  for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < rows;
+       r += int64_t(gridDim.x) * blockDim.x) {
+    int64_t i = r % sq, h = (r / sq) % heads, b = r / (sq * heads);
+    uint16_t* o = out + b * q_batch_stride + i * q_row_stride + h * q_head_stride;
+    for (int64_t x = 0; x < d; ++x) o[x] = 0;  // +0.0 in bf16 and fp16
+    lse[b * lse_batch_stride + h * lse_head_stride + i] = -INFINITY;
+  }
+}
+
+}  // namespace
+
+std::string run_fwd(const AttnParams& p, void* stream) {
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kF16) {
+    return std::string("jax_fa3 hopper fwd: dtype ") + dtype_name(p.dtype) +
+           " is not supported (bfloat16 and float16 are)";
+  }
+  if (p.batch <= 0 || p.num_heads <= 0 || p.num_heads_k <= 0 || p.seqlen_q < 0 ||
+      p.seqlen_k < 0) {
+    return "jax_fa3 hopper fwd: invalid shape";
+  }
+  if (p.num_heads % p.num_heads_k != 0 || p.h_h_k_ratio != p.num_heads / p.num_heads_k) {
+    return "jax_fa3 hopper fwd: num_heads must be a multiple of num_heads_k";
+  }
+  if (p.seqlen_q == 0) return "";
+  if (p.seqlen_q > (int64_t(1) << 30) || p.seqlen_k > (int64_t(1) << 30)) {
+    return "jax_fa3 hopper fwd: sequence too long for int32 indexing";
+  }
+  if (p.softcap < 0.f) return "jax_fa3 hopper fwd: softcap must be >= 0";
+  // TMA: the base address and every stride but the innermost must be
+  // multiples of 16 bytes.
+  const int64_t es = 2;
+  for (int64_t s : {p.q_row_stride, p.q_head_stride, p.q_batch_stride, p.k_row_stride,
+                    p.k_head_stride, p.k_batch_stride}) {
+    if ((s * es) % 16 != 0) return "jax_fa3 hopper fwd: strides must be multiples of 16 bytes";
+  }
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out)) {
+    return "jax_fa3 hopper fwd: q/k/v/out must be 16-byte aligned";
+  }
+  if (p.lse == nullptr) return "jax_fa3 hopper fwd: lse buffer is required";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (p.seqlen_k == 0) {
+    if (!hdim_built(p.head_dim)) return dispatch_hdim<cutlass::bfloat16_t>(p, s);  // its message
+    int64_t rows = p.batch * p.seqlen_q * p.num_heads;
+    int64_t blocks = (rows + 255) / 256;
+    fill_empty_rows<<<int(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
+        static_cast<uint16_t*>(p.out), p.lse, rows, p.seqlen_q, p.num_heads, p.head_dim,
+        p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.lse_batch_stride,
+        p.lse_head_stride);
+    cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      return std::string("jax_fa3 hopper fwd: launch failed: ") + cudaGetErrorString(err);
+    }
+    return "";
+  }
+  if (p.dtype == DType::kBF16) return dispatch_hdim<cutlass::bfloat16_t>(p, s);
+  return dispatch_hdim<cutlass::half_t>(p, s);
+}
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,122 @@
+// Host side of the forward: builds the TMA descriptors and kernel params from
+// AttnParams, sizes the persistent grid and launches on the caller's stream.
+// Included only by the per-(head dim, dtype) instantiation TUs, each of which
+// explicitly instantiates launch_fwd<D, Element>.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "cc/common/params.h"
+#include "cc/hopper/kernel_fwd.h"
+#include "cc/hopper/kernel_traits.h"
+
+namespace jax_fa3::hopper {
+
+// Declared for launch_fwd.cu's dispatch; defined below for the instantiations.
+template <int D, class Element>
+std::string launch_fwd(const AttnParams& p, cudaStream_t stream);
+
+namespace detail {
+// SM count of the current device, cached per device (one query per device,
+// not per call; cudaDeviceGetAttribute is cheap but not free).
+int sm_count_cached();
+}  // namespace detail
+
+template <class Traits>
+std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  using GmemLayout = typename Traits::GmemLayout;
+  constexpr int kBlockM = Traits::kBlockM;
+
+  auto q_layout = make_layout(
+      make_shape(int32_t(a.seqlen_q), int32_t(D), int32_t(a.num_heads), int32_t(a.batch)),
+      make_stride(a.q_row_stride, _1{}, a.q_head_stride, a.q_batch_stride));
+  auto k_layout = make_layout(
+      make_shape(int32_t(a.seqlen_k), int32_t(D), int32_t(a.num_heads_k), int32_t(a.batch)),
+      make_stride(a.k_row_stride, _1{}, a.k_head_stride, a.k_batch_stride));
+  static_assert(std::is_same_v<decltype(q_layout), GmemLayout>);
+
+  FwdKernelParams<Traits> kp;
+  kp.tma_q = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.q)), q_layout),
+                           typename Traits::SmemLayoutQ{}, Shape<Int<kBlockM>, Int<D>>{}, _1{});
+  kp.tma_k = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.k)), k_layout),
+                           take<0, 2>(typename Traits::SmemLayoutK{}),
+                           Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+  kp.tma_v = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.v)), k_layout),
+                           take<0, 2>(typename Traits::SmemLayoutV{}),
+                           Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
+  kp.out = a.out;
+  kp.lse = a.lse;
+  kp.o_batch_stride = a.q_batch_stride;
+  kp.o_row_stride = a.q_row_stride;
+  kp.o_head_stride = a.q_head_stride;
+  kp.lse_batch_stride = a.lse_batch_stride;
+  kp.lse_head_stride = a.lse_head_stride;
+  kp.seqlen_q = int(a.seqlen_q);
+  kp.seqlen_k = int(a.seqlen_k);
+  kp.num_heads = int(a.num_heads);
+  kp.num_heads_k = int(a.num_heads_k);
+  kp.h_h_k_ratio = int(a.h_h_k_ratio);
+  kp.batch = int(a.batch);
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (a.softcap > 0.f) {
+    kp.softcap = a.softcap;
+    kp.softcap_pre = a.softmax_scale / a.softcap;
+    kp.scale_log2 = kLog2e;
+  } else {
+    kp.softcap = 0.f;
+    kp.softcap_pre = 0.f;
+    kp.scale_log2 = a.softmax_scale * kLog2e;
+  }
+  MaskSpec ms = MaskSpec::make(a.seqlen_q, a.seqlen_k, a.causal, a.window_left, a.window_right);
+  // Windows wider than the sequence are unbounded; clamping keeps the int32
+  // arithmetic in the kernel from overflowing.
+  auto clamp_w = [&](int64_t w) -> int {
+    if (w < 0) return -1;
+    int64_t lim = a.seqlen_q + a.seqlen_k + 1;
+    return int(w > lim ? lim : w);
+  };
+  kp.mask = FwdMask{int(a.seqlen_q), int(a.seqlen_k), clamp_w(ms.left), clamp_w(ms.right)};
+
+  int num_m = int((a.seqlen_q + kBlockM - 1) / kBlockM);
+  int64_t total = int64_t(num_m) * a.num_heads * a.batch;
+  if (total >= (int64_t(1) << 31)) return "jax_fa3 hopper fwd: too many tiles for int32";
+  kp.sched = StaticTileScheduler{num_m, int(a.num_heads), int(total),
+                                 /*zigzag_m=*/ms.right >= 0 || ms.left >= 0};
+  if (total == 0) return "";
+
+  auto kernel = fwd_kernel<Traits>;
+  constexpr int smem = Traits::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper fwd: cudaFuncSetAttribute failed: ") + cudaGetErrorString(err);
+  }
+  int grid = StaticTileScheduler::grid_size(int(total), detail::sm_count_cached(),
+                                                  kp.sched.zigzag_m);
+  kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper fwd: launch failed: ") + cudaGetErrorString(err);
+  }
+  return "";
+}
+
+// Picks the tile configuration. d=64 without causal / window uses 3
+// consumer warpgroups (192-row tiles); with a mask the larger diagonal tiles
+// waste more work than the extra warpgroup gains (see kernel_traits.h).
+template <int D, class Element>
+std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
+  if constexpr (D == 64) {
+    bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
+    if (!masked) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
+  }
+  return launch_fwd_impl<FwdTraits<D, Element>>(a, stream);
+}
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,422 @@
+// Standalone correctness + speed harness for the Hopper forward kernel
+// (jax_fa3::hopper::run_fwd), independent of JAX.
+//
+//   fwd_harness            full sweep + timing table
+//   fwd_harness --quick    a few small cases (for compute-sanitizer)
+//   fwd_harness --sweep    sweep only       fwd_harness --bench   timing only
+//
+// Correctness rule (FA3's test): max|out - ref64| <= 2 * max|naive - ref64| +
+// atol, where ref64 is float64 attention on the same (rounded) inputs and
+// `naive` is the straightforward computation in the input precision (S and P
+// rounded to the input dtype, fp32 accumulation), atol = 2x the dtype's
+// rounding error at the output's magnitude. LSE likewise against a naive
+// fp32 LSE. Outputs are poisoned with NaN first; an unwritten element fails.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cc/common/mask.h"
+#include "cc/common/params.h"
+#include "cc/hopper/api.h"
+
+using jax_fa3::AttnParams;
+using jax_fa3::DType;
+
+#define CK(x)                                                                        \
+  do {                                                                               \
+    cudaError_t e_ = (x);                                                            \
+    if (e_ != cudaSuccess) {                                                         \
+      fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, \
+              __LINE__);                                                             \
+      exit(2);                                                                       \
+    }                                                                                \
+  } while (0)
+
+static float round_to(DType t, float x) {
+  if (t == DType::kBF16) return __bfloat162float(__float2bfloat16(x));
+  return __half2float(__float2half(x));
+}
+static uint16_t to_bits(DType t, float x) {
+  uint16_t b;
+  if (t == DType::kBF16) {
+    __nv_bfloat16 v = __float2bfloat16(x);
+    memcpy(&b, &v, 2);
+  } else {
+    __half v = __float2half(x);
+    memcpy(&b, &v, 2);
+  }
+  return b;
+}
+static float from_bits(DType t, uint16_t b) {
+  if (t == DType::kBF16) {
+    __nv_bfloat16 v;
+    memcpy(&v, &b, 2);
+    return __bfloat162float(v);
+  }
+  __half v;
+  memcpy(&v, &b, 2);
+  return __half2float(v);
+}
+
+struct Case {
+  int d;
+  DType dt;
+  int b, sq, sk, h, hk;
+  bool causal;
+  int wl, wr;
+  float softcap;
+};
+
+static std::string describe(const Case& c) {
+  char buf[256];
+  snprintf(buf, sizeof buf, "d=%d %s b=%d sq=%d sk=%d h=%d hk=%d causal=%d win=(%d,%d) cap=%g",
+           c.d, c.dt == DType::kBF16 ? "bf16" : "fp16", c.b, c.sq, c.sk, c.h, c.hk, c.causal,
+           c.wl, c.wr, c.softcap);
+  return buf;
+}
+
+static AttnParams make_params(const Case& c, void* q, void* k, void* v, void* o, float* lse) {
+  AttnParams p;
+  p.batch = c.b;
+  p.seqlen_q = c.sq;
+  p.seqlen_k = c.sk;
+  p.num_heads = c.h;
+  p.num_heads_k = c.hk;
+  p.head_dim = c.d;
+  p.h_h_k_ratio = c.h / c.hk;
+  p.q_row_stride = int64_t(c.h) * c.d;
+  p.q_head_stride = c.d;
+  p.q_batch_stride = int64_t(c.sq) * c.h * c.d;
+  p.k_row_stride = int64_t(c.hk) * c.d;
+  p.k_head_stride = c.d;
+  p.k_batch_stride = int64_t(c.sk) * c.hk * c.d;
+  p.lse_batch_stride = int64_t(c.h) * c.sq;
+  p.lse_head_stride = c.sq;
+  p.dtype = c.dt;
+  p.softmax_scale = 1.0f / std::sqrt(float(c.d));
+  p.causal = c.causal;
+  p.window_left = c.wl;
+  p.window_right = c.causal ? 0 : c.wr;
+  p.softcap = c.softcap;
+  p.q = q;
+  p.k = k;
+  p.v = v;
+  p.out = o;
+  p.lse = lse;
+  return p;
+}
+
+template <class F>
+static void parallel_for(int64_t n, F f) {
+  int nt = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> ts;
+  for (int t = 0; t < nt; ++t)
+    ts.emplace_back([&, t] {
+      for (int64_t i = t; i < n; i += nt) f(i);
+    });
+  for (auto& t : ts) t.join();
+}
+
+struct Result {
+  bool ok;
+  double err, naive_err, atol, lse_err, lse_naive_err;
+  int64_t unwritten;
+};
+
+static Result run_case(const Case& c, std::mt19937& rng) {
+  int64_t nq = int64_t(c.b) * c.sq * c.h * c.d, nk = int64_t(c.b) * c.sk * c.hk * c.d;
+  int64_t nl = int64_t(c.b) * c.h * c.sq;
+  std::normal_distribution<float> nd(0.f, 1.f);
+  std::vector<uint16_t> hq(nq), hk(nk), hv(nk);
+  std::vector<float> fq(nq), fk(nk), fv(nk);
+  auto fill = [&](std::vector<uint16_t>& bits, std::vector<float>& f, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      bits[i] = to_bits(c.dt, nd(rng));
+      f[i] = from_bits(c.dt, bits[i]);
+    }
+  };
+  fill(hq, fq, nq);
+  fill(hk, fk, nk);
+  fill(hv, fv, nk);
+  void *dq, *dk, *dv, *dout;
+  float* dlse;
+  CK(cudaMalloc(&dq, nq * 2));
+  CK(cudaMalloc(&dk, nk * 2));
+  CK(cudaMalloc(&dv, nk * 2));
+  CK(cudaMalloc(&dout, nq * 2));
+  CK(cudaMalloc(&dlse, nl * 4));
+  CK(cudaMemcpy(dq, hq.data(), nq * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dk, hk.data(), nk * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dv, hv.data(), nk * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dout, 0xFF, nq * 2));  // 0xFFFF is NaN in bf16 and fp16
+  CK(cudaMemset(dlse, 0xFF, nl * 4));  // NaN
+  AttnParams p = make_params(c, dq, dk, dv, dout, dlse);
+  std::string msg = jax_fa3::hopper::run_fwd(p, nullptr);
+  if (!msg.empty()) {
+    printf("run_fwd error: %s\n", msg.c_str());
+    exit(3);
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<uint16_t> hout(nq);
+  std::vector<float> hlse(nl);
+  CK(cudaMemcpy(hout.data(), dout, nq * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(hlse.data(), dlse, nl * 4, cudaMemcpyDeviceToHost));
+  CK(cudaFree(dq));
+  CK(cudaFree(dk));
+  CK(cudaFree(dv));
+  CK(cudaFree(dout));
+  CK(cudaFree(dlse));
+
+  jax_fa3::MaskSpec ms = jax_fa3::MaskSpec::make(c.sq, c.sk, c.causal, c.wl, c.causal ? 0 : c.wr);
+  double scale = 1.0 / std::sqrt(double(c.d));
+  int ratio = c.h / c.hk;
+  // Per row: max errors, reduced afterwards.
+  int64_t rows = int64_t(c.b) * c.h * c.sq;
+  std::vector<double> e_out(rows), e_naive(rows), e_atol(rows), e_lse(rows), e_lse_naive(rows);
+  std::vector<int64_t> unwritten(rows);
+  parallel_for(rows, [&](int64_t r) {
+    int i = int(r % c.sq);
+    int hh = int((r / c.sq) % c.h);
+    int bb = int(r / (int64_t(c.sq) * c.h));
+    int hkk = hh / ratio;
+    const float* q = &fq[((int64_t(bb) * c.sq + i) * c.h + hh) * c.d];
+    std::vector<double> s(c.sk), o(c.d, 0.0);
+    std::vector<float> sn(c.sk), on(c.d, 0.f);
+    double mx = -INFINITY;
+    float mxn = -INFINITY;
+    for (int j = 0; j < c.sk; ++j) {
+      if (!ms.visible(i, j)) {
+        s[j] = -INFINITY;
+        sn[j] = -INFINITY;
+        continue;
+      }
+      const float* k = &fk[((int64_t(bb) * c.sk + j) * c.hk + hkk) * c.d];
+      double acc = 0;
+      float accf = 0;
+      for (int x = 0; x < c.d; ++x) {
+        acc += double(q[x]) * k[x];
+        accf += q[x] * k[x];
+      }
+      acc *= scale;
+      float an = round_to(c.dt, round_to(c.dt, accf) * float(scale));
+      if (c.softcap > 0) {
+        acc = c.softcap * std::tanh(acc / c.softcap);
+        an = round_to(c.dt, c.softcap * std::tanh(an / c.softcap));
+      }
+      s[j] = acc;
+      sn[j] = an;
+      mx = std::max(mx, acc);
+      mxn = std::max(mxn, an);
+    }
+    double sum = 0;
+    float sumn = 0;
+    for (int j = 0; j < c.sk; ++j) {
+      if (s[j] == -INFINITY) continue;
+      double pj = std::exp(s[j] - mx);
+      float pn = std::exp(sn[j] - mxn);
+      sum += pj;
+      sumn += pn;
+      s[j] = pj;
+      sn[j] = pn;
+    }
+    double lse_ref = sum > 0 ? mx + std::log(sum) : -INFINITY;
+    float lse_naive = sumn > 0 ? mxn + std::log(sumn) : -INFINITY;
+    for (int j = 0; j < c.sk; ++j) {
+      if (sum == 0 || s[j] == -INFINITY) continue;
+      const float* v = &fv[((int64_t(bb) * c.sk + j) * c.hk + hkk) * c.d];
+      double pj = s[j] / sum;
+      float pn = round_to(c.dt, sn[j] / sumn);
+      for (int x = 0; x < c.d; ++x) {
+        o[x] += pj * v[x];
+        on[x] += pn * v[x];
+      }
+    }
+    const uint16_t* out = &hout[((int64_t(bb) * c.sq + i) * c.h + hh) * c.d];
+    double eo = 0, en = 0, ea = 0;
+    int64_t unw = 0;
+    for (int x = 0; x < c.d; ++x) {
+      float got = from_bits(c.dt, out[x]);
+      if (std::isnan(got)) {
+        ++unw;
+        continue;
+      }
+      eo = std::max(eo, std::fabs(got - o[x]));
+      en = std::max(en, std::fabs(double(round_to(c.dt, on[x])) - o[x]));
+      double rt = round_to(c.dt, float(o[x] + 0.3)) - 0.3;
+      ea = std::max(ea, std::fabs(rt - o[x]));
+    }
+    float gl = hlse[(int64_t(bb) * c.h + hh) * c.sq + i];
+    double el, eln;
+    if (std::isnan(gl)) {
+      ++unw;
+      el = 0;
+      eln = 0;
+    } else if (lse_ref == -INFINITY) {
+      el = gl == -INFINITY ? 0 : INFINITY;
+      eln = 0;
+    } else {
+      el = std::fabs(gl - lse_ref);
+      eln = std::fabs(lse_naive - lse_ref);
+    }
+    e_out[r] = eo;
+    e_naive[r] = en;
+    e_atol[r] = ea;
+    e_lse[r] = el;
+    e_lse_naive[r] = eln;
+    unwritten[r] = unw;
+  });
+  Result res{};
+  for (int64_t r = 0; r < rows; ++r) {
+    res.err = std::max(res.err, e_out[r]);
+    res.naive_err = std::max(res.naive_err, e_naive[r]);
+    res.atol = std::max(res.atol, e_atol[r]);
+    res.lse_err = std::max(res.lse_err, e_lse[r]);
+    res.lse_naive_err = std::max(res.lse_naive_err, e_lse_naive[r]);
+    res.unwritten += unwritten[r];
+  }
+  res.atol = 2 * res.atol + 1e-5;
+  bool ok_out = res.err <= 2 * res.naive_err + res.atol;
+  bool ok_lse = res.lse_err <= 2 * res.lse_naive_err + 1e-3;
+  res.ok = ok_out && ok_lse && res.unwritten == 0;
+  return res;
+}
+
+static int g_only_d = 0;  // --d N: restrict sweep and bench to one head dim
+
+static int sweep(bool quick) {
+  std::mt19937 rng(1234);
+  std::vector<Case> cases;
+  const int dims[] = {64, 96, 128, 192, 256};
+  struct Len { int sq, sk; };
+  std::vector<Len> lens = {{1, 1}, {1, 1000}, {17, 113}, {113, 17}, {113, 1000}, {1000, 113},
+                           {1000, 1000}, {1000, 999}};
+  struct Feat { bool causal; int wl, wr; };
+  std::vector<Feat> feats = {{false, -1, -1}, {true, -1, -1}, {false, 64, 32}, {true, 64, -1}};
+  if (quick) {
+    cases.push_back({192, DType::kBF16, 1, 113, 300, 4, 1, true, -1, -1, 0.f});
+    cases.push_back({64, DType::kF16, 1, 200, 77, 2, 2, false, 64, 32, 30.f});
+    cases.push_back({64, DType::kBF16, 1, 250, 333, 4, 2, false, -1, -1, 0.f});
+    cases.push_back({256, DType::kBF16, 1, 130, 130, 2, 2, false, -1, -1, 0.f});
+  } else {
+    for (int d : dims)
+      for (auto f : feats)
+        for (float cap : {0.f, 30.f})
+          for (int ratio : {1, 4})
+            for (auto l : lens) {
+              int hk = ratio == 1 ? 2 : 1;
+              cases.push_back({d, DType::kBF16, 2, l.sq, l.sk, hk * ratio, hk, f.causal, f.wl,
+                               f.wr, cap});
+            }
+    // fp16: every head dim, a few feature mixes.
+    for (int d : dims) {
+      cases.push_back({d, DType::kF16, 2, 1000, 999, 4, 1, false, -1, -1, 0.f});
+      cases.push_back({d, DType::kF16, 2, 113, 1000, 2, 2, true, -1, -1, 30.f});
+      cases.push_back({d, DType::kF16, 1, 1000, 113, 4, 4, false, 64, 32, 0.f});
+    }
+  }
+  int fails = 0, ncases = 0;
+  double worst_ratio = 0;
+  for (const Case& c : cases) {
+    if (g_only_d && c.d != g_only_d) continue;
+    ++ncases;
+    Result r = run_case(c, rng);
+    double ratio = r.err / (2 * r.naive_err + r.atol);
+    worst_ratio = std::max(worst_ratio, ratio);
+    if (!r.ok || quick)
+      printf("%s %s err=%.3g naive=%.3g atol=%.3g lse_err=%.3g lse_naive=%.3g unwritten=%lld\n",
+             r.ok ? "ok  " : "FAIL", describe(c).c_str(), r.err, r.naive_err, r.atol, r.lse_err,
+             r.lse_naive_err, (long long)r.unwritten);
+    fails += !r.ok;
+  }
+  printf("sweep: %d cases, %d failed, worst err/(2*naive+atol) = %.3f\n", ncases, fails,
+         worst_ratio);
+  return fails;
+}
+
+static void bench() {
+  struct Row { int d, s; bool causal; double tfs, ms; };
+  std::vector<Row> rows;
+  for (int d : {64, 128, 256})
+    for (int s : {2048, 8192, 16384})
+      if (!g_only_d || d == g_only_d)
+      for (bool causal : {false, true}) {
+        Case c{d, DType::kBF16, 16384 / s, s, s, 2048 / d, 2048 / d, causal, -1, -1, 0.f};
+        int64_t nq = int64_t(c.b) * c.sq * c.h * c.d;
+        int64_t nl = int64_t(c.b) * c.h * c.sq;
+        std::vector<uint16_t> h(nq);
+        std::mt19937 rng(7);
+        std::normal_distribution<float> nd(0.f, 1.f);
+        for (auto& x : h) x = to_bits(c.dt, nd(rng));
+        void *dq, *dk, *dv, *dout;
+        float* dlse;
+        CK(cudaMalloc(&dq, nq * 2));
+        CK(cudaMalloc(&dk, nq * 2));
+        CK(cudaMalloc(&dv, nq * 2));
+        CK(cudaMalloc(&dout, nq * 2));
+        CK(cudaMalloc(&dlse, nl * 4));
+        CK(cudaMemcpy(dq, h.data(), nq * 2, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dk, h.data(), nq * 2, cudaMemcpyHostToDevice));
+        std::reverse(h.begin(), h.end());
+        CK(cudaMemcpy(dv, h.data(), nq * 2, cudaMemcpyHostToDevice));
+        AttnParams p = make_params(c, dq, dk, dv, dout, dlse);
+        cudaStream_t st;
+        CK(cudaStreamCreate(&st));
+        for (int i = 0; i < 5; ++i) {
+          std::string m = jax_fa3::hopper::run_fwd(p, st);
+          if (!m.empty()) { printf("bench error %s\n", m.c_str()); exit(3); }
+        }
+        CK(cudaStreamSynchronize(st));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        std::vector<float> ts;
+        for (int i = 0; i < 25; ++i) {
+          CK(cudaEventRecord(e0, st));
+          jax_fa3::hopper::run_fwd(p, st);
+          CK(cudaEventRecord(e1, st));
+          CK(cudaEventSynchronize(e1));
+          float ms;
+          CK(cudaEventElapsedTime(&ms, e0, e1));
+          ts.push_back(ms);
+        }
+        CK(cudaGetLastError());
+        std::sort(ts.begin(), ts.end());
+        double ms = ts[ts.size() / 2];
+        double flops = 4.0 * c.b * c.h * double(c.sq) * c.sk * c.d * (causal ? 0.5 : 1.0);
+        rows.push_back({d, s, causal, flops / (ms * 1e-3) / 1e12, ms});
+        CK(cudaFree(dq));
+        CK(cudaFree(dk));
+        CK(cudaFree(dv));
+        CK(cudaFree(dout));
+        CK(cudaFree(dlse));
+        CK(cudaStreamDestroy(st));
+      }
+  printf("\n%-5s %-7s %-7s %10s %9s\n", "hdim", "seqlen", "causal", "ms", "TF/s");
+  for (auto& r : rows)
+    printf("%-5d %-7d %-7d %10.3f %9.1f\n", r.d, r.s, int(r.causal), r.ms, r.tfs);
+}
+
+int main(int argc, char** argv) {
+  bool quick = false, do_sweep = true, do_bench = true;
+  for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--quick")) { quick = true; do_bench = false; }
+    if (!strcmp(argv[i], "--sweep")) do_bench = false;
+    if (!strcmp(argv[i], "--bench")) do_sweep = false;
+    if (!strcmp(argv[i], "--d") && i + 1 < argc) g_only_d = atoi(argv[++i]);
+  }
+  std::string dev = jax_fa3::hopper::check_device();
+  if (!dev.empty()) { printf("%s\n", dev.c_str()); return 1; }
+  int fails = 0;
+  if (do_sweep) fails = sweep(quick);
+  if (do_bench) bench();
+  return fails ? 1 : 0;
+}
