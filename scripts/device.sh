@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Everything the GPU machine does, in one call of the `device` tool:
-#   build  - install jax_fa3 from this working tree, all head dims, sm90a
-#   test   - the CPU suite and the GPU-marked tests (+ the CUDA harness if present)
-#   bench  - the side-by-side benchmark (benchmarks/attention.py)
-#   demo   - the README's demo
-# Usage (from the repo root, on the device):  bash scripts/device.sh build test bench
-# It needs the nvidia-cutlass wheel carried in .whl/ (see README, "GPU machine").
-# Logs and results go under $OUT (at most 8 files come back).
+#   build    install jax_fa3 from this working tree (all head dims, sm90a); in
+#            parallel, build the CUDA harness (tests/cuda) with its own nvcc jobs
+#   cputest  start the CPU suite in the background, pinned to the upper half of
+#            the cores (JAX_PLATFORMS=cpu), so it overlaps the GPU stages
+#   gputest  the tests marked `gpu` (FFI path on the Hopper kernels)
+#   bench    python -m benchmarks.attention $BENCH_FLAGS
+#   harness  the poisoned-output sweep of tests/cuda + compute-sanitizer memcheck
+#   demo     the README's demo
+# Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
+# Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
+# $OUT gets summary.txt, the benchmark's json/md/png and logs.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/jax_fa3_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(build test bench)
+LOGS=/tmp/jax_fa3_logs
+mkdir -p "$OUT" "$LOGS"
+export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
 summary="$OUT/summary.txt"
 : >"$summary"
 note() { echo "$*" | tee -a "$summary"; }
+stamp() { echo "[$(date +%T)] $*" | tee -a "$summary"; }
 
 # The GPU machine's compilers (see ../shared/device-notes.md).
 [ -x /opt/gcc/bin/g++ ] && export CXX=/opt/gcc/bin/g++ CUDAHOSTCXX=/opt/gcc/bin/g++
@@ -24,41 +28,77 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader \
-  | sed 's/^/gpu: /' | tee -a "$summary"
+ncores=$(nproc)
+half=$((ncores / 2))
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \
+  --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$summary"
+cpu_pid=""
+harness_pid=""
+lowpin=""
 
-for stage in "${stages[@]}"; do
+for stage in "$@"; do
   case "$stage" in
     build)
+      stamp "build start"
+      if [ -f tests/cuda/run_fwd_harness.sh ]; then
+        JOBS=$half NO_RUN=1 bash tests/cuda/run_fwd_harness.sh >"$LOGS/harness_build.log" 2>&1 &
+        harness_pid=$!
+      fi
       t0=$(date +%s)
       JAX_FA3_CUDA=ON python3 -m pip install -v --no-build-isolation --no-deps -e . \
-        >"$OUT/build.log" 2>&1
-      rc=$?
-      note "build: rc=$rc in $(( $(date +%s) - t0 )) s"
-      grep -E "C75(10|08|17)|spill|error" "$OUT/build.log" | sort | uniq -c | head -20 | tee -a "$summary"
+        >"$LOGS/build.log" 2>&1
+      note "build: rc=$? in $(( $(date +%s) - t0 )) s (pip install -e ., all head dims)"
+      grep -hE "C75(10|08|17)|spill stores|error:" "$LOGS/build.log" | grep -v " 0 bytes spill" \
+        | sort | uniq -c | head -10 | tee -a "$summary"
       python3 -c "import jax_fa3, jax; print('cuda_built', jax_fa3.cuda_built(), jax.devices())" \
         2>&1 | tail -1 | tee -a "$summary"
       ;;
-    test)
-      # The CPU suite pinned to the CPU backend (else arrays land on the GPU).
-      JAX_PLATFORMS=cpu python3 -m pytest -q -m "not gpu" tests >"$OUT/test_cpu.log" 2>&1
-      note "cpu tests: rc=$? $(tail -1 "$OUT/test_cpu.log")"
-      python3 -m pytest -q -rs -m gpu tests >"$OUT/test_gpu.log" 2>&1
-      note "gpu tests: rc=$? $(tail -1 "$OUT/test_gpu.log")"
-      if [ -x tests/cuda/run_fwd_harness.sh ]; then
-        bash tests/cuda/run_fwd_harness.sh >"$OUT/harness.log" 2>&1
-        note "cuda harness: rc=$? $(tail -1 "$OUT/harness.log")"
-      fi
+    cputest)
+      pin=""
+      [ "$ncores" -ge 8 ] && pin="taskset -c $half-$((ncores - 1))"
+      JAX_PLATFORMS=cpu JAX_FA3_CPU_THREADS=$half $pin python3 -m pytest -q -m "not gpu" tests \
+        >"$LOGS/test_cpu.log" 2>&1 &
+      cpu_pid=$!
+      # Keep the GPU stages off the cores the CPU suite runs on.
+      [ -n "$pin" ] && lowpin="taskset -c 0-$((half - 1))"
+      stamp "cpu tests started in the background (pid $cpu_pid)"
+      ;;
+    gputest)
+      $lowpin python3 -m pytest -q -rs -m gpu tests >"$LOGS/test_gpu.log" 2>&1
+      stamp "gpu tests: rc=$? $(tail -1 "$LOGS/test_gpu.log")"
+      grep -E "^(FAILED|ERROR)" "$LOGS/test_gpu.log" | head -10 | cut -c1-300 | tee -a "$summary"
       ;;
     bench)
-      python3 -m benchmarks.attention --out_dir "$OUT" ${BENCH_FLAGS:-} >"$OUT/bench.log" 2>&1
-      note "bench: rc=$?"
-      tail -60 "$OUT/bench.log"
+      $lowpin python3 -m benchmarks.attention --out_dir "$OUT" ${BENCH_FLAGS:-} >"$LOGS/bench.log" 2>&1
+      stamp "bench: rc=$?"
+      ;;
+    harness)
+      [ -n "$harness_pid" ] && wait "$harness_pid"
+      B=/tmp/fa3_build/fwd_harness
+      if [ -x "$B" ]; then
+        grep -hE "built in|spill|warnings present" "$LOGS/harness_build.log" \
+          | grep -v " 0 bytes spill" | cut -c1-200 | tee -a "$summary"
+        for d in ${HARNESS_DIMS:-64 96 128 192 256}; do
+          timeout "${HARNESS_T:-60}" "$B" --d "$d" --sweep >"$LOGS/harness_sweep$d.log" 2>&1
+          stamp "harness sweep d=$d: rc=$? $(tail -1 "$LOGS/harness_sweep$d.log")"
+          grep FAIL "$LOGS/harness_sweep$d.log" | head -5 | cut -c1-200 | tee -a "$summary"
+        done
+        timeout 60 compute-sanitizer --tool memcheck "$B" --quick >"$LOGS/memcheck.log" 2>&1
+        stamp "memcheck: rc=$? $(tail -1 "$LOGS/memcheck.log")"
+      else
+        note "harness: not built: $(tail -3 "$LOGS/harness_build.log")"
+      fi
       ;;
     demo)
-      python3 -m jax_fa3.examples.demo 2>&1 | tail -5 | tee -a "$summary"
+      python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"
       ;;
     *) note "unknown stage $stage" ;;
   esac
 done
+if [ -n "$cpu_pid" ]; then
+  wait "$cpu_pid"
+  stamp "cpu tests: rc=$? $(tail -1 "$LOGS/test_cpu.log")"
+fi
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
+[ -f "$LOGS/bench.log" ] && tail -45 "$LOGS/bench.log"
 cat "$summary"
