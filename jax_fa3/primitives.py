@@ -70,15 +70,23 @@ def bwd_call(q, k, v, out, lse, dout, cfg: AttnConfig):
               deterministic=np.bool_(cfg.deterministic), **cfg.ffi_attrs())
 
 
+def _sharding():
+  # Lazy: jax_fa3.parallel imports this module. The partitioned calls run
+  # per shard over batch/heads (custom_partitioning) and run the ring when
+  # the sequence axis is sharded; unsharded they lower to the plain call.
+  from jax_fa3.parallel import sharding  # pylint: disable=g-import-not-at-top
+  return sharding
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def attention_with_lse(q, k, v, cfg: AttnConfig):
   """(out, lse). lse carries no gradient, as in FA3 (its backward ignores it)."""
-  out, lse = fwd_call(q, k, v, cfg)
+  out, lse = _sharding().partitioned_fwd(q, k, v, cfg)
   return out, lse
 
 
 def _vjp_fwd(q, k, v, cfg):
-  out, lse = fwd_call(q, k, v, cfg)
+  out, lse = _sharding().partitioned_fwd(q, k, v, cfg)
   # Save (out, lse): O(seqlen) residuals, the scores are recomputed.
   return (out, lse), (q, k, v, out, lse)
 
@@ -86,7 +94,7 @@ def _vjp_fwd(q, k, v, cfg):
 def _vjp_bwd(cfg, res, cts):
   q, k, v, out, lse = res
   dout, _ = cts  # lse is not differentiable (see attention_with_lse)
-  dq, dk, dv = bwd_call(q, k, v, out, lse, dout, cfg)
+  dq, dk, dv = _sharding().partitioned_bwd(q, k, v, out, lse, dout, cfg)
   return dq, dk, dv
 
 
