@@ -64,7 +64,7 @@ for stage in "$@"; do
       stamp "cpu tests started in the background (pid $cpu_pid)"
       ;;
     gputest)
-      $lowpin python3 -m pytest -q -rs -m gpu ${GPU_TEST_ARGS:-} tests >"$LOGS/test_gpu.log" 2>&1
+      $lowpin python3 -m pytest -q -rs -m gpu ${GPU_TEST_ARGS:-tests} >"$LOGS/test_gpu.log" 2>&1
       stamp "gpu tests: rc=$? $(tail -1 "$LOGS/test_gpu.log")"
       grep -E "^(FAILED|ERROR)" "$LOGS/test_gpu.log" | head -10 | cut -c1-300 | tee -a "$summary"
       ;;
