@@ -28,6 +28,20 @@ endforeach()
 
 add_library(jax_fa3_hopper STATIC ${_hopper_common} ${_hopper_inst})
 
+# Experimental FA3-style backward (cc/hopper/*_bwd*, instantiations/bwd_*):
+# OFF by default, the bwd TUs then compile to nothing and run_bwd reports
+# "not implemented". ON: -DJAX_FA3_EXPERIMENTAL_BWD=ON or the env var of the
+# same name (1/ON).
+set(_bwd_default OFF)
+if(DEFINED ENV{JAX_FA3_EXPERIMENTAL_BWD} AND "$ENV{JAX_FA3_EXPERIMENTAL_BWD}")
+  set(_bwd_default ON)
+endif()
+option(JAX_FA3_EXPERIMENTAL_BWD "Build the experimental Hopper backward kernel" ${_bwd_default})
+if(JAX_FA3_EXPERIMENTAL_BWD)
+  message(STATUS "jax_fa3: experimental Hopper backward ON")
+  target_compile_definitions(jax_fa3_hopper PRIVATE JAX_FA3_EXPERIMENTAL_BWD=1)
+endif()
+
 # A CuTe attention TU can take ~10 GB of compiler memory: bound concurrent
 # nvcc jobs by memory (one per ~12 GB; 1 on a 24 GB CI machine, 10 on the
 # 128 GB GPU machine). JAX_FA3_NVCC_JOBS overrides.

@@ -1,0 +1,79 @@
+// Backward preprocess (JAX_FA3_EXPERIMENTAL_BWD): per query row,
+//   dpsum = rowsum(dO * O) in fp32,
+//   lse2  = lse * log2(e) (the kernel computes P = exp2(s * scale_log2 - lse2)),
+//           +inf for rows with no visible key (lse = -inf) and for the
+//           padding rows up to sq_pad, so P = 0 there without a row mask.
+// The fp32 dQ (and GQA dK/dV) accumulators and the semaphores are zeroed by a
+// cudaMemsetAsync in run_bwd. Empty unless the gate is on.
+#if JAX_FA3_EXPERIMENTAL_BWD
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <string>
+
+#define JAX_FA3_BWD_LAYOUT_ONLY
+#include "cc/hopper/launch_bwd.h"
+
+namespace jax_fa3::hopper {
+namespace {
+
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+
+// One warp per padded row (b, h, i), i < sq_pad.
+template <class T>
+__global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __restrict__ out,
+                                      const float* __restrict__ lse, float* __restrict__ lse2,
+                                      float* __restrict__ dpsum, int64_t rows, int64_t sq,
+                                      int64_t sq_pad, int64_t heads, int d,
+                                      int64_t q_batch_stride, int64_t q_row_stride,
+                                      int64_t q_head_stride, int64_t lse_batch_stride,
+                                      int64_t lse_head_stride) {
+  int lane = threadIdx.x % 32;
+  int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
+  int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
+  for (int64_t r = warp; r < rows; r += nwarps) {
+    int64_t i = r % sq_pad, bh = r / sq_pad, h = bh % heads, b = bh / heads;
+    float acc = 0.f, l = INFINITY;
+    if (i < sq) {
+      int64_t off = b * q_batch_stride + i * q_row_stride + h * q_head_stride;
+      for (int x = lane; x < d; x += 32) acc += to_f(dout[off + x]) * to_f(out[off + x]);
+      float v = lse[b * lse_batch_stride + h * lse_head_stride + i];
+      l = v == -INFINITY ? INFINITY : v * 1.4426950408889634f;
+    }
+    for (int s = 16; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffff, acc, s);
+    if (lane == 0) {
+      dpsum[r] = acc;
+      lse2[r] = l;
+    }
+  }
+}
+
+template <class T>
+std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s) {
+  int64_t rows = p.batch * p.num_heads * w.sq_pad;
+  int64_t blocks = (rows * 32 + 255) / 256;
+  if (blocks > 65536) blocks = 65536;
+  bwd_preprocess_kernel<T><<<int(blocks), 256, 0, s>>>(
+      static_cast<const T*>(p.dout), static_cast<const T*>(p.out_in), p.lse_in,
+      w.at<float>(p.workspace, w.off_lse2), w.at<float>(p.workspace, w.off_dpsum), rows,
+      p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), p.q_batch_stride, p.q_row_stride,
+      p.q_head_stride, p.lse_batch_stride, p.lse_head_stride);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: preprocess launch failed: ") + cudaGetErrorString(err);
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string bwd_preprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s) {
+  if (p.dtype == DType::kBF16) return launch_pre<__nv_bfloat16>(p, w, s);
+  return launch_pre<__half>(p, w, s);
+}
+
+}  // namespace jax_fa3::hopper
+#endif  // JAX_FA3_EXPERIMENTAL_BWD

@@ -1,0 +1,300 @@
+// Experimental FA3-style backward kernel (JAX_FA3_EXPERIMENTAL_BWD).
+//
+//   warpgroup 0  : producer; warp 0 lane 0 issues TMA: K/V of this CTA's key
+//                  block once, then Q/dO blocks m_lo..m_hi-1 through two
+//                  2-stage PipelineTmaAsync rings.
+//   warpgroups 1-2: consumers. Per query block:
+//                  S = Q K^T, dP = dO V^T                    (WGMMA ss)
+//                  P = exp2(S*scale_log2 - lse2)  (softcap: S capped first)
+//                  dS = P * (dP - dPsum)  (* (1 - tanh^2) with softcap)
+//                  P, dS -> smem (input dtype)
+//                  dV += P^T dO, dK += dS^T Q                (WGMMA ss, A^T)
+//                  dQ_partial = dS K -> atomicAdd fp32 into the workspace
+//                  (deterministic: per-(b, h, m_block) semaphore, n order)
+//                  dK, dV: registers -> output (scaled) or, for GQA, atomicAdd
+//                  into fp32 workspace (deterministic: head order).
+//
+// Grid: (num_n_blocks, num_heads, batch), one CTA per key block and query
+// head; not persistent.
+#pragma once
+
+#include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/numeric_conversion.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "cc/hopper/mainloop_bwd.h"
+#include "cc/hopper/softmax.h"
+
+namespace jax_fa3::hopper {
+
+using namespace cute;
+
+__device__ __forceinline__ int bwd_ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Deterministic ordering: thread 0 of the consumers spins until *sem ==
+// target, then all consumers proceed.
+__device__ __forceinline__ void bwd_sem_wait(const int* sem, int target, int tid) {
+  if (tid == 0) {
+    while (bwd_ld_acquire(sem) != target) {
+    }
+  }
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kSem));
+}
+__device__ __forceinline__ void bwd_sem_signal(int* sem, int tid) {
+  __threadfence();
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kSem));
+  if (tid == 0) atomicAdd(sem, 1);
+}
+
+template <class Traits>
+struct BwdConsumer {
+  using Element = typename Traits::Element;
+  using Pipeline = typename Traits::MainloopPipeline;
+  using PipelineState = typename Traits::PipelineState;
+  static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
+
+  __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
+                                             typename Traits::SharedStorage& ss,
+                                             Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
+                                             int head, int batch, int m_lo, int m_hi, int tid) {
+    typename Traits::TiledMmaSdP mma_sdp;
+    typename Traits::TiledMmadKV mma_dkv;
+    typename Traits::TiledMmadQ mma_dq;
+    auto thr_sdp = mma_sdp.get_thread_slice(tid);
+    auto thr_dkv = mma_dkv.get_thread_slice(tid);
+    auto thr_dq = mma_dq.get_thread_slice(tid);
+
+    Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
+    Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
+    Tensor sQt = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdOt = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdOt{});
+    Tensor sKt = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutKt{});
+    Tensor sP = make_tensor(make_smem_ptr(ss.smem_p.data()), typename Traits::SmemLayoutP{});
+    Tensor sdS = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdS{});
+    Tensor sPt = make_tensor(make_smem_ptr(ss.smem_p.data()), typename Traits::SmemLayoutPt{});
+    Tensor sdSt = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdSt{});
+
+    Tensor tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(sQ));     // (MMA, M, K, stage)
+    Tensor tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(sK));
+    Tensor tdPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdO));  // (MMA, M, K, stage)
+    Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(sV));
+    Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
+    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));  // (.., stage)
+    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
+    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));    // (.., stage)
+    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
+    constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
+    // (D/chunks, kBlockN, chunk) view of K^T.
+    Tensor sKt_c = local_tile(sKt, Shape<Int<kDqChunk>, Int<kBlockN>>{}, make_coord(_, _0{}));
+    Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(sKt_c));  // (.., chunk)
+
+    // P / dS stores: the S accumulator's own (row, col) slots in smem.
+    Tensor tPsP = thr_sdp.partition_C(sP);
+    Tensor tdSsdS = thr_sdp.partition_C(sdS);
+
+    Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
+    Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
+    clear(tdVrdV);
+    clear(tdKrdK);
+
+    Tensor cS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+    Tensor cS_rc = make_tensor(cS.data(), acc_rowcol(cS.layout()));
+    constexpr int kRows = decltype(size<0>(cS_rc))::value;
+    constexpr int kCols = decltype(size<1>(cS_rc))::value;
+
+    int const bh = batch * p.num_heads + head;
+    int const n0 = n_block * kBlockN;
+    bool const cap = p.softcap != 0.f;
+
+    if (m_hi > m_lo) ss.barrier_kv.wait(0);
+    PipelineState state;
+    for (int m = m_lo; m < m_hi; ++m) {
+      Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      Tensor s_rc = make_tensor(tSrS.data(), acc_rowcol(tSrS.layout()));
+      Tensor dp_rc = make_tensor(tdPrdP.data(), acc_rowcol(tdPrdP.layout()));
+
+      pipe_q.consumer_wait(state);
+      wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
+      pipe_do.consumer_wait(state);
+      wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state.index()), tdPrV, tdPrdP);
+
+      int const row0 = m * kBlockM;
+      float lse2[kRows], dsum[kRows];
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        int row = row0 + int(get<0>(cS_rc(r, 0)));  // < sq_pad: always in bounds
+        lse2[r] = p.lse2[int64_t(bh) * p.sq_pad + row];
+        dsum[r] = p.dpsum[int64_t(bh) * p.sq_pad + row];
+      }
+
+      warpgroup_wait<1>();  // S done
+      // softcap: s <- cap * tanh(s * scale / cap) (scale_log2 is then log2 e).
+      if (cap) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) tSrS(i) = p.softcap * tanh_approx(tSrS(i) * p.softcap_pre);
+      }
+      bool const full = p.mask.template block_is_full<kBlockM, kBlockN>(m, n_block);
+      if (!full) p.mask.apply(s_rc, cS_rc, row0, n0);
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int c = 0; c < kCols; ++c) s_rc(r, c) = exp2f(s_rc(r, c) * p.scale_log2 - lse2[r]);
+      }
+      warpgroup_wait<0>();  // dP done
+      CUTE_UNROLL
+      for (int r = 0; r < kRows; ++r) {
+        CUTE_UNROLL
+        for (int c = 0; c < kCols; ++c) {
+          float pv = s_rc(r, c);
+          float ds = pv * (dp_rc(r, c) - dsum[r]);
+          if (cap) {
+            // 1 - tanh^2 of the capped score, recovered from P (P > 0 for
+            // every visible entry; P == 0 makes dS 0 whatever this is):
+            // capped = (log2 P + lse2) / log2(e).
+            float t = (__log2f(fmaxf(pv, 1e-37f)) + lse2[r]) * (0.6931471805599453f / p.softcap);
+            ds *= 1.f - t * t;
+          }
+          dp_rc(r, c) = ds;
+        }
+      }
+      // The previous step's dV/dK/dQ GEMMs (all warpgroups) are done with
+      // sP/sdS once every consumer got here.
+      cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
+      CUTE_UNROLL
+      for (int i = 0; i < size(tSrS); ++i) {
+        tPsP(i) = static_cast<Element>(tSrS(i));
+        tdSsdS(i) = static_cast<Element>(tdPrdP(i));
+      }
+      cutlass::arch::fence_view_async_shared();
+      cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSFull));
+
+      wgmma_issue<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, state.index()), tdVrdV);
+      wgmma_issue<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, state.index()), tdKrdK);
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqChunk>>{});
+      wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, 0), tdQrdQ);
+      warpgroup_wait<1>();  // dV, dK done: Q and dO may be overwritten
+      pipe_q.consumer_release(state);
+      pipe_do.consumer_release(state);
+      ++state;
+
+      // dQ partial -> fp32 accumulator (deterministic: in n_block order).
+      Tensor cQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqChunk>>{}));
+      float* dq = p.dq_accum + (int64_t(bh) * p.sq_pad + row0) * D;
+      int* sem = nullptr;
+      if (p.deterministic) sem = p.sem_dq + int64_t(bh) * p.num_m + m;
+      CUTE_UNROLL
+      for (int ch = 0; ch < kDqChunks; ++ch) {
+        if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
+        warpgroup_wait<0>();
+        if (ch == 0 && p.deterministic) {
+          int nmin, nmax;
+          p.mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
+          bwd_sem_wait(sem, n_block - nmin, tid);
+        }
+        CUTE_UNROLL
+        for (int i = 0; i < size(tdQrdQ); ++i) {
+          atomicAdd(dq + int(get<0>(cQ(i))) * D + ch * kDqChunk + int(get<1>(cQ(i))), tdQrdQ(i));
+        }
+      }
+      if (p.deterministic) bwd_sem_signal(sem, tid);
+    }
+
+    // dK, dV epilogue.
+    Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
+    if (p.h_h_k_ratio == 1) {
+      Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
+      Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
+      CUTE_UNROLL
+      for (int i = 0; i < size(tdKrdK); i += 2) {
+        int row = n0 + int(get<0>(cKV(i)));
+        int col = int(get<1>(cKV(i)));
+        if (row < p.seqlen_k) {
+          cutlass::NumericArrayConverter<Element, float, 2> cvt;
+          cutlass::Array<float, 2> k2, v2;
+          k2[0] = tdKrdK(i) * p.softmax_scale;
+          k2[1] = tdKrdK(i + 1) * p.softmax_scale;
+          v2[0] = tdVrdV(i);
+          v2[1] = tdVrdV(i + 1);
+          *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
+          *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
+        }
+      }
+    } else {
+      int const head_k = head / p.h_h_k_ratio;
+      int64_t const base = (int64_t(batch) * p.num_heads_k + head_k) * p.sk_pad + n0;
+      int* sem = nullptr;
+      if (p.deterministic) {
+        sem = p.sem_dkv + (int64_t(batch) * p.num_heads_k + head_k) * p.num_n + n_block;
+        bwd_sem_wait(sem, head % p.h_h_k_ratio, tid);
+      }
+      if (m_hi > m_lo) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tdKrdK); ++i) {
+          int64_t off = (base + int(get<0>(cKV(i)))) * D + int(get<1>(cKV(i)));
+          atomicAdd(p.dk_accum + off, tdKrdK(i));
+          atomicAdd(p.dv_accum + off, tdVrdV(i));
+        }
+      }
+      if (p.deterministic) bwd_sem_signal(sem, tid);
+    }
+  }
+};
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNumThreads, 1)
+    bwd_kernel(CUTE_GRID_CONSTANT BwdKernelParams<Traits> const p) {
+  using Pipeline = typename Traits::MainloopPipeline;
+  using SharedStorage = typename Traits::SharedStorage;
+  extern __shared__ __align__(1024) char smem_raw[];
+  SharedStorage& ss = *reinterpret_cast<SharedStorage*>(smem_raw);
+
+  int const warp_group = threadIdx.x / 128;
+  int const warp_idx = cutlass::canonical_warp_idx_sync();
+  int const lane = threadIdx.x % 32;
+  int const n_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+
+  if (warp_idx == 0 && lane == 0) {
+    cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
+    cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
+    ss.barrier_kv.init(1);
+  }
+  typename Pipeline::Params pp;
+  pp.transaction_bytes = Traits::kTmaBytesQ;
+  pp.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer
+                            : Pipeline::ThreadCategory::Consumer;
+  pp.is_leader = threadIdx.x == 0;
+  pp.num_consumers = Traits::kNumMmaThreads;
+  Pipeline pipe_q(ss.pipeline_q, pp, Shape<_1, _1, _1>{});
+  Pipeline pipe_do(ss.pipeline_do, pp, Shape<_1, _1, _1>{});
+  cutlass::arch::fence_barrier_init();
+  __syncthreads();
+
+  int m_lo, m_hi;
+  p.m_range(n_block, &m_lo, &m_hi);
+  if (warp_group == 0) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (warp_idx == 0) {
+      BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+                               lane == 0);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    BwdConsumer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+                             int(threadIdx.x) - 128);
+  }
+}
+
+}  // namespace jax_fa3::hopper

@@ -1,0 +1,111 @@
+// Experimental Hopper backward (JAX_FA3_EXPERIMENTAL_BWD): bwd_workspace_bytes
+// and run_bwd (validation, workspace zeroing, preprocess, main kernel per
+// (head_dim, dtype), postprocess). Kept free of CuTe. When the gate is off
+// this TU is empty and device.cu provides the "not implemented" versions.
+#if JAX_FA3_EXPERIMENTAL_BWD
+#include <cuda_runtime.h>
+#include <cutlass/numeric_types.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "cc/common/params.h"
+#include "cc/hopper/api.h"
+#define JAX_FA3_BWD_LAYOUT_ONLY
+#include "cc/hopper/launch_bwd.h"
+
+namespace jax_fa3::hopper {
+
+namespace {
+
+template <class Element>
+std::string dispatch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s) {
+  switch (p.head_dim) {
+#ifdef JAX_FA3_HAS_HDIM64
+    case 64: return launch_bwd<64, Element>(p, w, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM96
+    case 96: return launch_bwd<96, Element>(p, w, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM128
+    case 128: return launch_bwd<128, Element>(p, w, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM192
+    case 192: return launch_bwd<192, Element>(p, w, s);
+#endif
+#ifdef JAX_FA3_HAS_HDIM256
+    case 256: return launch_bwd<256, Element>(p, w, s);
+#endif
+    default:
+      return "jax_fa3 hopper bwd: head_dim " + std::to_string(p.head_dim) +
+             " is not built (built: JAX_FA3_HEAD_DIMS)";
+  }
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+
+}  // namespace
+
+size_t bwd_workspace_bytes(const AttnParams& p) {
+  if (p.batch <= 0 || p.num_heads <= 0 || p.num_heads_k <= 0 || p.head_dim <= 0) return 0;
+  return size_t(BwdWorkspace::make(p).bytes);
+}
+
+std::string run_bwd(const AttnParams& p, void* stream) {
+  if (p.dtype != DType::kBF16 && p.dtype != DType::kF16) {
+    return std::string("jax_fa3 hopper bwd: dtype ") + dtype_name(p.dtype) +
+           " is not supported (bfloat16 and float16 are)";
+  }
+  if (p.batch <= 0 || p.num_heads <= 0 || p.num_heads_k <= 0 || p.seqlen_q < 0 ||
+      p.seqlen_k < 0) {
+    return "jax_fa3 hopper bwd: invalid shape";
+  }
+  if (p.num_heads % p.num_heads_k != 0 || p.h_h_k_ratio != p.num_heads / p.num_heads_k) {
+    return "jax_fa3 hopper bwd: num_heads must be a multiple of num_heads_k";
+  }
+  if (p.seqlen_q == 0 && p.seqlen_k == 0) return "";
+  if (p.seqlen_q > (int64_t(1) << 30) || p.seqlen_k > (int64_t(1) << 30)) {
+    return "jax_fa3 hopper bwd: sequence too long for int32 indexing";
+  }
+  if (p.softcap < 0.f) return "jax_fa3 hopper bwd: softcap must be >= 0";
+  for (int64_t s : {p.q_row_stride, p.q_head_stride, p.q_batch_stride, p.k_row_stride,
+                    p.k_head_stride, p.k_batch_stride}) {
+    if ((s * 2) % 16 != 0) return "jax_fa3 hopper bwd: strides must be multiples of 16 bytes";
+  }
+  for (const void* ptr : std::initializer_list<const void*>{p.q, p.k, p.v, p.dout, p.out_in,
+                                                           p.dq, p.dk, p.dv}) {
+    if (!aligned16(ptr)) return "jax_fa3 hopper bwd: q/k/v/out/dout/dq/dk/dv must be 16-byte aligned";
+  }
+  if (p.lse_in == nullptr) return "jax_fa3 hopper bwd: lse buffer is required";
+  switch (p.head_dim) {
+    case 64: case 96: case 128: case 192: case 256: break;
+    default:
+      return "jax_fa3 hopper bwd: head_dim " + std::to_string(p.head_dim) + " is not supported";
+  }
+  BwdWorkspace w = BwdWorkspace::make(p);
+  if (p.workspace == nullptr || p.workspace_bytes < w.bytes || !aligned16(p.workspace)) {
+    return "jax_fa3 hopper bwd: workspace missing or too small (" +
+           std::to_string(p.workspace_bytes) + " < " + std::to_string(w.bytes) + " bytes)";
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  cudaError_t err = cudaMemsetAsync(static_cast<char*>(p.workspace) + w.zero_begin, 0,
+                                    size_t(w.bytes - w.zero_begin), s);
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: cudaMemsetAsync failed: ") + cudaGetErrorString(err);
+  }
+  std::string e;
+  if (p.seqlen_q > 0 && p.seqlen_k > 0) {
+    e = bwd_preprocess(p, w, s);
+    if (!e.empty()) return e;
+    e = p.dtype == DType::kBF16 ? dispatch_bwd<cutlass::bfloat16_t>(p, w, s)
+                                : dispatch_bwd<cutlass::half_t>(p, w, s);
+    if (!e.empty()) return e;
+  }
+  // seqlen_k == 0: dq = 0 from the zeroed accumulator; seqlen_q == 0: dk = dv
+  // = 0 from the zeroed fp32 dK/dV accumulators (BwdWorkspace::make).
+  return bwd_postprocess(p, w, s);
+}
+
+}  // namespace jax_fa3::hopper
+#endif  // JAX_FA3_EXPERIMENTAL_BWD

@@ -1,0 +1,188 @@
+// Host side of the experimental backward (JAX_FA3_EXPERIMENTAL_BWD).
+//
+// Part 1 (always, CuTe-free): the workspace layout, shared by
+// bwd_workspace_bytes / run_bwd (launch_bwd.cu), the pre/postprocess kernels
+// and the main kernel's launcher.
+// Part 2 (unless JAX_FA3_BWD_LAYOUT_ONLY): launch_bwd_impl, included by the
+// per-(head dim, dtype) instantiation TUs.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cc/common/params.h"
+
+namespace jax_fa3::hopper {
+
+// Rows are padded to multiples of these so every tile's workspace access is
+// in bounds (kBlockM = 64 for all head dims; kBlockN <= 128).
+constexpr int64_t kBwdPadM = 64;
+constexpr int64_t kBwdPadN = 128;
+constexpr int64_t kBwdMinBlockN = 64;
+
+struct BwdWorkspace {
+  int64_t sq_pad = 0, sk_pad = 0, num_m = 0, num_n_max = 0;
+  // byte offsets; -1: absent
+  int64_t off_lse2 = 0, off_dpsum = 0, off_dq = 0, off_dk = -1, off_dv = -1, off_sem_dq = -1,
+          off_sem_dkv = -1;
+  int64_t bytes = 0;          // total
+  int64_t zero_begin = 0;     // [zero_begin, bytes) must be zeroed before the kernel
+
+  static BwdWorkspace make(const AttnParams& p) {
+    BwdWorkspace w;
+    auto up = [](int64_t x, int64_t a) { return (x + a - 1) / a * a; };
+    w.sq_pad = up(p.seqlen_q, kBwdPadM);
+    w.sk_pad = up(p.seqlen_k, kBwdPadN);
+    w.num_m = w.sq_pad / kBwdPadM;
+    w.num_n_max = up(p.seqlen_k, kBwdMinBlockN) / kBwdMinBlockN;
+    int64_t bh = p.batch * p.num_heads, bhk = p.batch * p.num_heads_k;
+    int64_t o = 0;
+    auto take = [&](int64_t n) {
+      int64_t r = o;
+      o = up(o + n, 256);
+      return r;
+    };
+    w.off_lse2 = take(bh * w.sq_pad * 4);
+    w.off_dpsum = take(bh * w.sq_pad * 4);
+    w.zero_begin = o;
+    w.off_dq = take(bh * w.sq_pad * p.head_dim * 4);
+    // fp32 dK/dV accumulators: GQA sums over the group's query heads; with
+    // seqlen_q == 0 the kernel does not run and the zeros come from here.
+    if (p.h_h_k_ratio > 1 || p.seqlen_q == 0) {
+      w.off_dk = take(bhk * w.sk_pad * p.head_dim * 4);
+      w.off_dv = take(bhk * w.sk_pad * p.head_dim * 4);
+    }
+    if (p.deterministic) {
+      w.off_sem_dq = take(bh * w.num_m * 4);
+      if (p.h_h_k_ratio > 1) w.off_sem_dkv = take(bhk * w.num_n_max * 4);
+    }
+    w.bytes = o;
+    return w;
+  }
+  template <class T>
+  T* at(void* base, int64_t off) const {
+    return off < 0 ? nullptr : reinterpret_cast<T*>(static_cast<char*>(base) + off);
+  }
+};
+
+// bwd_preprocess.cu / bwd_postprocess.cu
+std::string bwd_preprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s);
+std::string bwd_postprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s);
+
+// Defined in the instantiation TUs.
+template <int D, class Element>
+std::string launch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t stream);
+
+}  // namespace jax_fa3::hopper
+
+#ifndef JAX_FA3_BWD_LAYOUT_ONLY
+
+#include "cc/hopper/kernel_bwd.h"
+
+namespace jax_fa3::hopper {
+
+template <class Traits>
+std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  static_assert(kBlockM == kBwdPadM && kBlockN <= kBwdPadN && kBlockN >= kBwdMinBlockN);
+  using GmemLayout = typename Traits::GmemLayout;
+
+  auto q_layout = make_layout(
+      make_shape(int32_t(a.seqlen_q), int32_t(D), int32_t(a.num_heads), int32_t(a.batch)),
+      make_stride(a.q_row_stride, _1{}, a.q_head_stride, a.q_batch_stride));
+  auto k_layout = make_layout(
+      make_shape(int32_t(a.seqlen_k), int32_t(D), int32_t(a.num_heads_k), int32_t(a.batch)),
+      make_stride(a.k_row_stride, _1{}, a.k_head_stride, a.k_batch_stride));
+  static_assert(std::is_same_v<decltype(q_layout), GmemLayout>);
+
+  BwdKernelParams<Traits> kp;
+  kp.tma_q = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.q)), q_layout),
+                           take<0, 2>(typename Traits::SmemLayoutQ{}),
+                           Shape<Int<kBlockM>, Int<D>>{}, _1{});
+  kp.tma_do = make_tma_copy(
+      SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(a.dout)), q_layout),
+      take<0, 2>(typename Traits::SmemLayoutdO{}), Shape<Int<kBlockM>, Int<D>>{}, _1{});
+  kp.tma_k = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.k)), k_layout),
+                           typename Traits::SmemLayoutK{}, Shape<Int<kBlockN>, Int<D>>{}, _1{});
+  kp.tma_v = make_tma_copy(SM90_TMA_LOAD{},
+                           make_tensor(make_gmem_ptr(static_cast<Element const*>(a.v)), k_layout),
+                           typename Traits::SmemLayoutV{}, Shape<Int<kBlockN>, Int<D>>{}, _1{});
+  kp.dk = a.dk;
+  kp.dv = a.dv;
+  kp.k_batch_stride = a.k_batch_stride;
+  kp.k_row_stride = a.k_row_stride;
+  kp.k_head_stride = a.k_head_stride;
+  void* ws = a.workspace;
+  kp.dq_accum = w.at<float>(ws, w.off_dq);
+  kp.dk_accum = w.at<float>(ws, w.off_dk);
+  kp.dv_accum = w.at<float>(ws, w.off_dv);
+  kp.lse2 = w.at<float>(ws, w.off_lse2);
+  kp.dpsum = w.at<float>(ws, w.off_dpsum);
+  kp.sem_dq = w.at<int>(ws, w.off_sem_dq);
+  kp.sem_dkv = w.at<int>(ws, w.off_sem_dkv);
+  kp.seqlen_q = int(a.seqlen_q);
+  kp.seqlen_k = int(a.seqlen_k);
+  kp.sq_pad = int(w.sq_pad);
+  kp.sk_pad = int(w.sk_pad);
+  kp.num_m = int(w.num_m);
+  int num_n = int((a.seqlen_k + kBlockN - 1) / kBlockN);
+  kp.num_n = num_n;
+  kp.num_heads = int(a.num_heads);
+  kp.num_heads_k = int(a.num_heads_k);
+  kp.h_h_k_ratio = int(a.h_h_k_ratio);
+  kp.batch = int(a.batch);
+  constexpr float kLog2e = 1.4426950408889634f;
+  if (a.softcap > 0.f) {
+    kp.softcap = a.softcap;
+    kp.softcap_pre = a.softmax_scale / a.softcap;
+    kp.scale_log2 = kLog2e;
+  } else {
+    kp.softcap = 0.f;
+    kp.softcap_pre = 0.f;
+    kp.scale_log2 = a.softmax_scale * kLog2e;
+  }
+  kp.softmax_scale = a.softmax_scale;
+  MaskSpec ms = MaskSpec::make(a.seqlen_q, a.seqlen_k, a.causal, a.window_left, a.window_right);
+  auto clamp_w = [&](int64_t x) -> int {
+    if (x < 0) return -1;
+    int64_t lim = a.seqlen_q + a.seqlen_k + 1;
+    return int(x > lim ? lim : x);
+  };
+  kp.mask = FwdMask{int(a.seqlen_q), int(a.seqlen_k), clamp_w(ms.left), clamp_w(ms.right)};
+  kp.deterministic = a.deterministic;
+
+  if (a.num_heads > 65535 || a.batch > 65535) return "jax_fa3 hopper bwd: grid too large";
+  auto kernel = bwd_kernel<Traits>;
+  constexpr int smem = Traits::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: cudaFuncSetAttribute failed: ") +
+           cudaGetErrorString(err);
+  }
+  // blockIdx.x = n_block is fastest, then head: the deterministic semaphores
+  // wait only on CTAs with a lower linear index (lower n_block of the same
+  // (batch, head) for dQ; lower head of the same (batch, kv head, n_block)
+  // for GQA dK/dV), which the hardware has launched before.
+  dim3 grid(num_n, unsigned(a.num_heads), unsigned(a.batch));
+  kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: launch failed: ") + cudaGetErrorString(err);
+  }
+  return "";
+}
+
+template <int D, class Element>
+std::string launch_bwd(const AttnParams& a, const BwdWorkspace& w, cudaStream_t stream) {
+  return launch_bwd_impl<BwdTraits<D, Element>>(a, w, stream);
+}
+
+}  // namespace jax_fa3::hopper
+
+#endif  // JAX_FA3_BWD_LAYOUT_ONLY

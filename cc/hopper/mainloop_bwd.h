@@ -1,0 +1,240 @@
+// Experimental FA3-style backward (JAX_FA3_EXPERIMENTAL_BWD): compile-time
+// configuration, kernel parameters and the producer (TMA) half of the
+// mainloop. The consumer half and the kernel are in kernel_bwd.h.
+//
+// One CTA per (key block n, query head, batch). K and V of the block are
+// loaded once (TMA) and stay in smem; Q and dO blocks stream through two
+// PipelineTmaAsync rings; lse (log2 domain) and dPsum come from the fp32
+// workspace written by bwd_preprocess.cu.
+#pragma once
+
+#include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "cc/hopper/mainloop_fwd.h"  // wgmma_issue
+#include "cc/hopper/mask_fwd.h"
+
+namespace jax_fa3::hopper {
+
+using namespace cute;
+
+// Tiles: kBlockM = 64 query rows per step, 2 consumer warpgroups.
+//   d <= 128: kBlockN = 128; S/dP split along N (64 keys per WG), dK/dV
+//             split along N (each WG owns 64 key rows x D), dQ split along D.
+//   d >= 192: kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
+//             dQ split along D (each WG owns D/2 columns).
+// P and dS always go through smem (they feed dV/dK as A^T and dQ as A).
+// smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P,dS 32K = 160K;
+//              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K = 208K.
+template <int D> struct BwdTileConfig {
+  static constexpr int kBlockN = D <= 128 ? 128 : 64;
+  static constexpr bool kDkvSplitD = D > 128;
+};
+
+template <int kHeadDim_, class Element_>
+struct BwdTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int D = kHeadDim_;
+  static constexpr int kBlockM = 64;
+  static constexpr int kBlockN = BwdTileConfig<D>::kBlockN;
+  static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
+  static constexpr int kStages = 2;
+  static constexpr int kNumMmaWarpGroups = 2;
+  static constexpr int kNumThreads = 128 * 3;
+  static constexpr int kNumMmaThreads = 256;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * kNumMmaThreads <=
+                (65536 / kNumThreads) / 8 * 8 * kNumThreads);
+
+  // S = Q K^T and dP = dO V^T: (kBlockM, kBlockN), WGs side by side along N.
+  using TiledMmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN / 2>, Int<D>>>(),
+      Layout<Shape<_1, _2, _1>>{}));
+  // dV += P^T dO, dK += dS^T Q: (kBlockN, D), reduction over kBlockM. A is
+  // P^T / dS^T read transposed from smem (MN-major), B is dO^T / Q^T (MN-major).
+  using AtomShapeKV = std::conditional_t<kDkvSplitD, Shape<_64, Int<D / 2>, Int<kBlockM>>,
+                                         Shape<_64, Int<D>, Int<kBlockM>>>;
+  using AtomLayoutKV = std::conditional_t<kDkvSplitD, Layout<Shape<_1, _2, _1>>,
+                                          Layout<Shape<_2, _1, _1>>>;
+  using TiledMmadKV = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, AtomShapeKV, GMMA::Major::MN,
+                           GMMA::Major::MN>(),
+      AtomLayoutKV{}));
+  // dQ = dS K: (kBlockM, D), reduction over kBlockN; WGs split D. d=256 does
+  // it in 2 chunks of D/2 (64 accumulators per thread instead of 128 next to
+  // the 128 of dK/dV: without chunks ptxas spilled ~90 bytes).
+  static constexpr int kDqChunks = D == 256 ? 2 : 1;
+  static constexpr int kDqChunk = D / kDqChunks;
+  using TiledMmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
+                           GMMA::Major::K, GMMA::Major::MN>(),
+      Layout<Shape<_1, _2, _1>>{}));
+
+  // Q, dO, K, V are read along D in halves (dQ, and dK/dV for d >= 192):
+  // the swizzle atom's row must divide D/2.
+  using AtomQK = decltype(kmajor_atom<Element, D / 2>());
+  using SmemLayoutQ = decltype(tile_to_shape(AtomQK{}, Shape<Int<kBlockM>, Int<D>, Int<kStages>>{}));
+  using SmemLayoutdO = SmemLayoutQ;
+  using SmemLayoutK = decltype(tile_to_shape(AtomQK{}, Shape<Int<kBlockN>, Int<D>>{}));
+  using SmemLayoutV = SmemLayoutK;
+  using SmemLayoutQt = decltype(composition(
+      SmemLayoutQ{}, make_ordered_layout(Shape<Int<D>, Int<kBlockM>, Int<kStages>>{},
+                                         Step<_2, _1, _3>{})));
+  using SmemLayoutdOt = SmemLayoutQt;
+  using SmemLayoutKt = decltype(composition(
+      SmemLayoutK{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>>{}, Step<_2, _1>{})));
+  using AtomP = decltype(kmajor_atom<Element, kBlockN>());
+  using SmemLayoutP = decltype(tile_to_shape(AtomP{}, Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  using SmemLayoutdS = SmemLayoutP;
+  using SmemLayoutPt = decltype(composition(
+      SmemLayoutP{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>>{}, Step<_2, _1>{})));
+  using SmemLayoutdSt = SmemLayoutPt;
+
+  using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename MainloopPipeline::PipelineState;
+  static constexpr int kTmaBytesQ = kBlockM * D * int(sizeof(Element));
+  static constexpr int kTmaBytesKV = kBlockN * D * int(sizeof(Element));
+
+  struct SharedStorage {
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> smem_k;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> smem_v;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> smem_q;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdO>, 1024> smem_do;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutP>, 1024> smem_p;
+    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
+    typename MainloopPipeline::SharedStorage pipeline_q;
+    typename MainloopPipeline::SharedStorage pipeline_do;
+    cutlass::arch::ClusterTransactionBarrier barrier_kv;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 232448, "bwd tile does not fit in shared memory");
+
+  using GmemStride = cute::Stride<int64_t, _1, int64_t, int64_t>;
+  using GmemLayout = cute::Layout<cute::Shape<int32_t, int32_t, int32_t, int32_t>, GmemStride>;
+  using TmaQ = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+      take<0, 2>(SmemLayoutQ{}), Shape<Int<kBlockM>, Int<D>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(
+      SM90_TMA_LOAD{},
+      make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), GmemLayout{}),
+      SmemLayoutK{}, Shape<Int<kBlockN>, Int<D>>{}, _1{}));
+};
+
+enum class BwdBarrier : uint32_t {
+  kPdSEmpty = 0,  // all consumers: the previous step's GEMMs no longer read sP/sdS
+  kPdSFull = 1,   // all consumers: sP/sdS written
+  kSem = 2,       // all consumers: deterministic semaphore hand-off
+};
+
+template <class Traits>
+struct BwdKernelParams {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaQ tma_do;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  void* dk;  // output (input dtype), written directly when h_h_k_ratio == 1
+  void* dv;
+  int64_t k_batch_stride, k_row_stride, k_head_stride;
+  float* dq_accum;  // (batch, heads, sq_pad, D) fp32, zeroed
+  float* dk_accum;  // (batch, heads_k, sk_pad, D) fp32, zeroed (GQA only)
+  float* dv_accum;
+  const float* lse2;   // (batch, heads, sq_pad): lse * log2(e); +inf for empty/pad rows
+  const float* dpsum;  // (batch, heads, sq_pad)
+  int* sem_dq;         // (batch, heads, num_m) (deterministic)
+  int* sem_dkv;        // (batch, heads_k, num_n) (deterministic GQA)
+  int seqlen_q, seqlen_k, sq_pad, sk_pad, num_m, num_n;
+  int num_heads, num_heads_k, h_h_k_ratio, batch;
+  float scale_log2;   // scale*log2(e), or log2(e) with softcap
+  float softcap_pre;  // scale / softcap
+  float softcap;      // 0: off
+  float softmax_scale;
+  FwdMask mask;
+  bool deterministic;
+
+  // Query-block range [m_lo, m_hi) whose rows see any key of block n
+  // (MaskSpec::row_range in int32).
+  __device__ __forceinline__ void m_range(int n_block, int* m_lo, int* m_hi) const {
+    int c0 = n_block * Traits::kBlockN;
+    int c1 = min(c0 + Traits::kBlockN, seqlen_k);
+    int off = seqlen_k - seqlen_q;
+    int b = 0, e = seqlen_q;
+    if (mask.right >= 0) b = max(c0 - off - mask.right, 0);
+    if (mask.left >= 0) e = min(c1 - 1 - off + mask.left + 1, seqlen_q);
+    if (e < b) e = b;
+    b = min(b, seqlen_q);
+    *m_lo = b / Traits::kBlockM;
+    *m_hi = e > b ? (e + Traits::kBlockM - 1) / Traits::kBlockM : *m_lo;
+  }
+};
+
+template <class Traits>
+struct BwdProducer {
+  using Pipeline = typename Traits::MainloopPipeline;
+  using PipelineState = typename Traits::PipelineState;
+  static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
+
+  // Whole producer warp calls; lane 0 issues.
+  __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
+                                             typename Traits::SharedStorage& ss,
+                                             Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
+                                             int head, int batch, int m_lo, int m_hi,
+                                             bool leader) {
+    if (leader && m_hi > m_lo) {
+      Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, int(D), p.num_heads, p.batch));
+      Tensor mdO = p.tma_do.get_tma_tensor(make_shape(p.seqlen_q, int(D), p.num_heads, p.batch));
+      Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, int(D), p.num_heads_k, p.batch));
+      Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, int(D), p.num_heads_k, p.batch));
+      int head_k = head / p.h_h_k_ratio;
+      Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<D>>{},
+                             make_coord(_, _0{}));
+      Tensor gdO = local_tile(mdO(_, _, head, batch), Shape<Int<kBlockM>, Int<D>>{},
+                              make_coord(_, _0{}));
+      Tensor gK = local_tile(mK(_, _, head_k, batch), Shape<Int<kBlockN>, Int<D>>{},
+                             make_coord(n_block, _0{}));
+      Tensor gV = local_tile(mV(_, _, head_k, batch), Shape<Int<kBlockN>, Int<D>>{},
+                             make_coord(n_block, _0{}));
+      Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
+      Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
+      Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
+      Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
+      auto tq = p.tma_q.get_slice(_0{});
+      auto tdo = p.tma_do.get_slice(_0{});
+      auto tk = p.tma_k.get_slice(_0{});
+      auto tv = p.tma_v.get_slice(_0{});
+      Tensor tQgQ = tq.partition_S(gQ);    // (TMA, .., m_blocks)
+      Tensor tQsQ = tq.partition_D(sQ);    // (TMA, .., stages)
+      Tensor tdOgdO = tdo.partition_S(gdO);
+      Tensor tdOsdO = tdo.partition_D(sdO);
+
+      ss.barrier_kv.arrive_and_expect_tx(2 * Traits::kTmaBytesKV);
+      copy(p.tma_k.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tk.partition_S(gK),
+           tk.partition_D(sK));
+      copy(p.tma_v.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tv.partition_S(gV),
+           tv.partition_D(sV));
+      PipelineState state = cutlass::make_producer_start_state<Pipeline>();
+      // Not unrolled: the producer runs on 24 registers (setmaxnreg).
+#pragma unroll 1
+      for (int m = m_lo; m < m_hi; ++m) {
+        pipe_q.producer_acquire(state);
+        copy(p.tma_q.with(*pipe_q.producer_get_barrier(state), 0), tQgQ(_, _, _, m),
+             tQsQ(_, _, _, state.index()));
+        pipe_do.producer_acquire(state);
+        copy(p.tma_do.with(*pipe_do.producer_get_barrier(state), 0), tdOgdO(_, _, _, m),
+             tdOsdO(_, _, _, state.index()));
+        ++state;
+      }
+      // Drain: wait until the consumers released every stage, so the CTA does
+      // not exit with TMA loads in flight.
+      pipe_q.producer_tail(state);
+      pipe_do.producer_tail(state);
+    }
+    __syncwarp();
+  }
+};
+
+}  // namespace jax_fa3::hopper
