@@ -33,58 +33,7 @@ using jax_fa3::AttnParams;
 using jax_fa3::DType;
 using jax_fa3::MaskSpec;
 
-#define CK(x)                                                                        \
-  do {                                                                               \
-    cudaError_t e_ = (x);                                                            \
-    if (e_ != cudaSuccess) {                                                         \
-      fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, \
-              __LINE__);                                                             \
-      exit(2);                                                                       \
-    }                                                                                \
-  } while (0)
-
-static float round_to(DType t, float x) {
-  if (t == DType::kBF16) return __bfloat162float(__float2bfloat16(x));
-  return __half2float(__float2half(x));
-}
-static uint16_t to_bits(DType t, float x) {
-  uint16_t b;
-  if (t == DType::kBF16) {
-    __nv_bfloat16 v = __float2bfloat16(x);
-    memcpy(&b, &v, 2);
-  } else {
-    __half v = __float2half(x);
-    memcpy(&b, &v, 2);
-  }
-  return b;
-}
-static float from_bits(DType t, uint16_t b) {
-  if (t == DType::kBF16) {
-    __nv_bfloat16 v;
-    memcpy(&v, &b, 2);
-    return __bfloat162float(v);
-  }
-  __half v;
-  memcpy(&v, &b, 2);
-  return __half2float(v);
-}
-
-struct Case {
-  int d;
-  DType dt;
-  int b, sq, sk, h, hk;
-  bool causal;
-  int wl, wr;
-  float softcap;
-};
-
-static std::string describe(const Case& c) {
-  char buf[256];
-  snprintf(buf, sizeof buf, "d=%d %s b=%d sq=%d sk=%d h=%d hk=%d causal=%d win=(%d,%d) cap=%g",
-           c.d, c.dt == DType::kBF16 ? "bf16" : "fp16", c.b, c.sq, c.sk, c.h, c.hk, c.causal,
-           c.wl, c.wr, c.softcap);
-  return buf;
-}
+#include "tests/cuda/harness_common.h"
 
 // Dense (b, s, h, d) layout.
 struct Host {
