@@ -35,27 +35,8 @@ using jax_fa3::DType;
 
 static AttnParams make_params(const Case& c, void* q, void* k, void* v, void* o, float* lse) {
   AttnParams p;
-  p.batch = c.b;
-  p.seqlen_q = c.sq;
-  p.seqlen_k = c.sk;
-  p.num_heads = c.h;
-  p.num_heads_k = c.hk;
-  p.head_dim = c.d;
-  p.h_h_k_ratio = c.h / c.hk;
-  p.q_row_stride = int64_t(c.h) * c.d;
-  p.q_head_stride = c.d;
-  p.q_batch_stride = int64_t(c.sq) * c.h * c.d;
-  p.k_row_stride = int64_t(c.hk) * c.d;
-  p.k_head_stride = c.d;
-  p.k_batch_stride = int64_t(c.sk) * c.hk * c.d;
-  p.lse_batch_stride = int64_t(c.h) * c.sq;
-  p.lse_head_stride = c.sq;
-  p.dtype = c.dt;
+  set_shape_and_mask(c, &p);
   p.softmax_scale = 1.0f / std::sqrt(float(c.d));
-  p.causal = c.causal;
-  p.window_left = c.wl;
-  p.window_right = c.causal ? 0 : c.wr;
-  p.softcap = c.softcap;
   p.q = q;
   p.k = k;
   p.v = v;

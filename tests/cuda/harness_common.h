@@ -70,3 +70,29 @@ static std::string describe(const Case& c) {
            c.wl, c.wr, c.softcap);
   return buf;
 }
+
+// Dense (batch, seqlen, heads, head_dim) strides, dtype and mask of one case;
+// each harness adds its scale and buffers.
+static void set_shape_and_mask(const Case& c, AttnParams* out) {
+  AttnParams& p = *out;
+  p.batch = c.b;
+  p.seqlen_q = c.sq;
+  p.seqlen_k = c.sk;
+  p.num_heads = c.h;
+  p.num_heads_k = c.hk;
+  p.head_dim = c.d;
+  p.h_h_k_ratio = c.h / c.hk;
+  p.q_row_stride = int64_t(c.h) * c.d;
+  p.q_head_stride = c.d;
+  p.q_batch_stride = int64_t(c.sq) * c.h * c.d;
+  p.k_row_stride = int64_t(c.hk) * c.d;
+  p.k_head_stride = c.d;
+  p.k_batch_stride = int64_t(c.sk) * c.hk * c.d;
+  p.lse_batch_stride = int64_t(c.h) * c.sq;
+  p.lse_head_stride = c.sq;
+  p.dtype = c.dt;
+  p.causal = c.causal;
+  p.window_left = c.wl;
+  p.window_right = c.causal ? 0 : c.wr;
+  p.softcap = c.softcap;
+}

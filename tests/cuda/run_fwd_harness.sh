@@ -10,16 +10,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-/tmp/fa3_build}
 JOBS=${JOBS:-$(nproc)}
 HDIMS=${HDIMS:-"64 96 128 192 256"}
-if [ -z "${CUTLASS_INC:-}" ]; then
-  if python3 -c "import cutlass_library" 2>/dev/null; then
-    CUTLASS_INC=$(python3 -c "import cutlass_library, os; print(os.path.join(cutlass_library.source_path, 'include'))")
-  else
-    python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass*.whl
-    CUTLASS_INC=/tmp/cutlass/cutlass_library/source/include
-  fi
-fi
-CCBIN=""
-[ -x /opt/gcc/bin/g++ ] && CCBIN="-ccbin /opt/gcc/bin/g++"
+source tests/cuda/toolchain.sh
 mkdir -p "$BUILD"
 DEFS=""
 SRCS="cc/hopper/device.cu cc/hopper/launch_fwd.cu"
