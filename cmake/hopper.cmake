@@ -28,18 +28,19 @@ endforeach()
 
 add_library(jax_fa3_hopper STATIC ${_hopper_common} ${_hopper_inst})
 
-# Experimental FA3-style backward (cc/hopper/*_bwd*, instantiations/bwd_*):
-# OFF by default, the bwd TUs then compile to nothing and run_bwd reports
-# "not implemented". ON: -DJAX_FA3_EXPERIMENTAL_BWD=ON or the env var of the
-# same name (1/ON).
-set(_bwd_default OFF)
-if(DEFINED ENV{JAX_FA3_EXPERIMENTAL_BWD} AND "$ENV{JAX_FA3_EXPERIMENTAL_BWD}")
-  set(_bwd_default ON)
+# The FA3-style backward (cc/hopper/*bwd*, instantiations/bwd_*): ON by
+# default. OFF (-DJAX_FA3_BWD=OFF, or the env var JAX_FA3_BWD=0) halves the
+# build: the bwd TUs compile to nothing and run_bwd reports that the backward
+# was not built.
+set(_bwd_default ON)
+if(DEFINED ENV{JAX_FA3_BWD} AND NOT "$ENV{JAX_FA3_BWD}")
+  set(_bwd_default OFF)
 endif()
-option(JAX_FA3_EXPERIMENTAL_BWD "Build the experimental Hopper backward kernel" ${_bwd_default})
-if(JAX_FA3_EXPERIMENTAL_BWD)
-  message(STATUS "jax_fa3: experimental Hopper backward ON")
-  target_compile_definitions(jax_fa3_hopper PRIVATE JAX_FA3_EXPERIMENTAL_BWD=1)
+option(JAX_FA3_BWD "Build the Hopper backward kernels" ${_bwd_default})
+if(JAX_FA3_BWD)
+  target_compile_definitions(jax_fa3_hopper PRIVATE JAX_FA3_BWD=1)
+else()
+  message(STATUS "jax_fa3: Hopper backward OFF")
 endif()
 
 # A CuTe attention TU can take ~10 GB of compiler memory: bound concurrent

@@ -7,6 +7,9 @@
 #   gputest  the tests marked `gpu` (FFI path on the Hopper kernels)
 #   bench    python -m benchmarks.attention $BENCH_FLAGS
 #   harness  the poisoned-output sweep of tests/cuda + compute-sanitizer memcheck
+#   bwdcheck the backward harness (quick, sweep, determinism, memcheck) in the
+#            background, on the upper cores
+#   bwdbench the backward harness timings + racecheck (after bwdcheck)
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -40,10 +43,12 @@ for stage in "$@"; do
   case "$stage" in
     build)
       stamp "build start"
-      if [ -f tests/cuda/run_fwd_harness.sh ]; then
-        JOBS=$half NO_RUN=1 bash tests/cuda/run_fwd_harness.sh >"$LOGS/harness_build.log" 2>&1 &
-        harness_pid=$!
-      fi
+      # The CUDA harnesses (tests/cuda) build alongside, 6 nvcc jobs
+      # (HARNESS_BUILD: "fwd bwd" by default).
+      (for h in ${HARNESS_BUILD:-fwd bwd}; do
+         JOBS=6 NO_RUN=1 bash tests/cuda/run_${h}_harness.sh >"$LOGS/harness_build_$h.log" 2>&1
+       done) &
+      harness_pid=$!
       t0=$(date +%s)
       JAX_FA3_CUDA=ON python3 -m pip install -v --no-build-isolation --no-deps -e . \
         >"$LOGS/build.log" 2>&1
@@ -76,7 +81,7 @@ for stage in "$@"; do
       [ -n "$harness_pid" ] && wait "$harness_pid"
       B=/tmp/fa3_build/fwd_harness
       if [ -x "$B" ]; then
-        grep -hE "built in|spill|warnings present" "$LOGS/harness_build.log" \
+        grep -hE "built in|spill|warnings present" "$LOGS/harness_build_fwd.log" \
           | grep -v " 0 bytes spill" | cut -c1-200 | tee -a "$summary"
         for d in ${HARNESS_DIMS:-64 96 128 192 256}; do
           timeout "${HARNESS_T:-60}" "$B" --d "$d" --sweep >"$LOGS/harness_sweep$d.log" 2>&1
@@ -86,8 +91,29 @@ for stage in "$@"; do
         timeout 60 compute-sanitizer --tool memcheck "$B" --quick >"$LOGS/memcheck.log" 2>&1
         stamp "memcheck: rc=$? $(tail -1 "$LOGS/memcheck.log")"
       else
-        note "harness: not built: $(tail -3 "$LOGS/harness_build.log")"
+        note "harness: not built: $(tail -3 "$LOGS/harness_build_fwd.log")"
       fi
+      ;;
+    bwdcheck)
+      # Backward harness correctness parts in the background (upper cores)
+      # while the GPU tests run; bwdbench waits for it.
+      [ -n "$harness_pid" ] && wait "$harness_pid"
+      grep -hE "built in|spill|warnings present|HGMMA" "$LOGS/harness_build_bwd.log" \
+        | grep -v " 0 bytes spill" | cut -c1-160 | tee -a "$summary"
+      pin=""
+      [ "$ncores" -ge 8 ] && pin="taskset -c $half-$((ncores - 1))"
+      LOGDIR=$LOGS PARTS="quick sweep det memcheck" $pin bash tests/cuda/device_bwd.sh \
+        >"$LOGS/bwd_check.log" 2>&1 &
+      bwd_pid=$!
+      [ -n "$pin" ] && lowpin="taskset -c 0-$((half - 1))"
+      stamp "bwd harness checks started in the background"
+      ;;
+    bwdbench)
+      [ -n "${bwd_pid:-}" ] && wait "$bwd_pid" && grep -hE "^==|passed|ERROR SUMMARY|FAIL" \
+        "$LOGS/bwd_check.log" | head -40 | cut -c1-220 | tee -a "$summary"
+      bwd_pid=""
+      LOGDIR=$LOGS PARTS="${BWD_BENCH_PARTS:-bench racecheck}" bash tests/cuda/device_bwd.sh \
+        2>&1 | grep -vE "^(PASS|d=.*passed)" | tee -a "$summary" | tail -70
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"
@@ -95,6 +121,11 @@ for stage in "$@"; do
     *) note "unknown stage $stage" ;;
   esac
 done
+if [ -n "${bwd_pid:-}" ]; then
+  wait "$bwd_pid"
+  grep -hE "^==|passed|ERROR SUMMARY|FAIL" "$LOGS/bwd_check.log" | head -40 | cut -c1-220 \
+    | tee -a "$summary"
+fi
 if [ -n "$cpu_pid" ]; then
   wait "$cpu_pid"
   stamp "cpu tests: rc=$? $(tail -1 "$LOGS/test_cpu.log")"

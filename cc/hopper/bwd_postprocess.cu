@@ -1,8 +1,9 @@
-// Backward postprocess (JAX_FA3_EXPERIMENTAL_BWD): dQ = softmax_scale *
-// dq_accum cast to the input dtype; for GQA also dK = softmax_scale *
-// dk_accum and dV = dv_accum (the main kernel writes dK/dV directly when
-// num_heads == num_heads_k). Empty unless the gate is on.
-#if JAX_FA3_EXPERIMENTAL_BWD
+// Backward postprocess (JAX_FA3_BWD): for GQA dK = softmax_scale
+// * dk_accum and dV = dv_accum cast to the input dtype (the main kernel writes
+// dK/dV directly when num_heads == num_heads_k); dQ = 0 when the main kernel
+// did not run (otherwise launch_bwd converts dQ, bwd_dq.h). Empty unless the
+// gate is on.
+#if JAX_FA3_BWD
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -52,10 +53,13 @@ std::string convert(const float* acc, void* out, int64_t b, int64_t s, int64_t s
 }
 
 template <class T>
-std::string post(const AttnParams& p, const BwdWorkspace& w, cudaStream_t st) {
-  std::string e = convert<T>(w.at<float>(p.workspace, w.off_dq), p.dq, p.batch, p.seqlen_q,
-                             w.sq_pad, p.num_heads, p.head_dim, p.q_batch_stride, p.q_row_stride,
-                             p.q_head_stride, p.softmax_scale, st);
+std::string post(const AttnParams& p, const BwdWorkspace& w, bool convert_dq, cudaStream_t st) {
+  std::string e;
+  if (convert_dq) {
+    e = convert<T>(w.at<float>(p.workspace, w.off_dq), p.dq, p.batch, p.seqlen_q, w.sq_pad,
+                   p.num_heads, p.head_dim, p.q_batch_stride, p.q_row_stride, p.q_head_stride,
+                   p.softmax_scale, st);
+  }
   if (!e.empty() || w.off_dk < 0) return e;
   e = convert<T>(w.at<float>(p.workspace, w.off_dk), p.dk, p.batch, p.seqlen_k, w.sk_pad,
                  p.num_heads_k, p.head_dim, p.k_batch_stride, p.k_row_stride, p.k_head_stride,
@@ -68,10 +72,11 @@ std::string post(const AttnParams& p, const BwdWorkspace& w, cudaStream_t st) {
 
 }  // namespace
 
-std::string bwd_postprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t st) {
-  if (p.dtype == DType::kBF16) return post<__nv_bfloat16>(p, w, st);
-  return post<__half>(p, w, st);
+std::string bwd_postprocess(const AttnParams& p, const BwdWorkspace& w, bool convert_dq,
+                            cudaStream_t st) {
+  if (p.dtype == DType::kBF16) return post<__nv_bfloat16>(p, w, convert_dq, st);
+  return post<__half>(p, w, convert_dq, st);
 }
 
 }  // namespace jax_fa3::hopper
-#endif  // JAX_FA3_EXPERIMENTAL_BWD
+#endif  // JAX_FA3_BWD

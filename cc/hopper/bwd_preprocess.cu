@@ -1,11 +1,11 @@
-// Backward preprocess (JAX_FA3_EXPERIMENTAL_BWD): per query row,
+// Backward preprocess (JAX_FA3_BWD): per query row,
 //   dpsum = rowsum(dO * O) in fp32,
 //   lse2  = lse * log2(e) (the kernel computes P = exp2(s * scale_log2 - lse2)),
 //           +inf for rows with no visible key (lse = -inf) and for the
 //           padding rows up to sq_pad, so P = 0 there without a row mask.
 // The fp32 dQ (and GQA dK/dV) accumulators and the semaphores are zeroed by a
 // cudaMemsetAsync in run_bwd. Empty unless the gate is on.
-#if JAX_FA3_EXPERIMENTAL_BWD
+#if JAX_FA3_BWD
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -76,4 +76,4 @@ std::string bwd_preprocess(const AttnParams& p, const BwdWorkspace& w, cudaStrea
 }
 
 }  // namespace jax_fa3::hopper
-#endif  // JAX_FA3_EXPERIMENTAL_BWD
+#endif  // JAX_FA3_BWD

@@ -54,13 +54,13 @@ std::string check_device() {
   return g_state[dev] == 1 ? std::string() : g_msg[dev];
 }
 
-#if !JAX_FA3_EXPERIMENTAL_BWD
-// The experimental backward (cmake -DJAX_FA3_EXPERIMENTAL_BWD=ON) defines
-// these in launch_bwd.cu instead.
+#if !JAX_FA3_BWD
+// Built with JAX_FA3_BWD=OFF; otherwise launch_bwd.cu defines these.
 size_t bwd_workspace_bytes(const AttnParams&) { return 0; }
 
 std::string run_bwd(const AttnParams&, void*) {
-  return "the Hopper backward kernel is not implemented yet";
+  return "jax_fa3 was built without the Hopper backward kernels (JAX_FA3_BWD=OFF); rebuild "
+         "with JAX_FA3_BWD=1";
 }
 #endif
 

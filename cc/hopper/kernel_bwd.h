@@ -1,4 +1,4 @@
-// Experimental FA3-style backward kernel (JAX_FA3_EXPERIMENTAL_BWD).
+// FA3-style backward kernel (JAX_FA3_BWD).
 //
 //   warpgroup 0  : producer; warp 0 lane 0 issues TMA: K/V of this CTA's key
 //                  block once, then Q/dO blocks m_lo..m_hi-1 through two
@@ -9,8 +9,9 @@
 //                  dS = P * (dP - dPsum)  (* (1 - tanh^2) with softcap)
 //                  P, dS -> smem (input dtype)
 //                  dV += P^T dO, dK += dS^T Q                (WGMMA ss, A^T)
-//                  dQ_partial = dS K -> atomicAdd fp32 into the workspace
-//                  (deterministic: per-(b, h, m_block) semaphore, n order)
+//                  dQ_partial = dS K -> smem -> bulk reduce-add into the fp32
+//                  workspace (bwd_dq.h; deterministic: per-(b, h, m_block)
+//                  semaphore, n order)
 //                  dK, dV: registers -> output (scaled) or, for GQA, atomicAdd
 //                  into fp32 workspace (deterministic: head order).
 //
@@ -26,6 +27,7 @@
 #include <cutlass/numeric_conversion.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include "cc/hopper/bwd_dq.h"
 #include "cc/hopper/mainloop_bwd.h"
 #include "cc/hopper/softmax.h"
 
@@ -159,17 +161,21 @@ struct BwdConsumer {
           float pv = s_rc(r, c);
           float ds = pv * (dp_rc(r, c) - dsum[r]);
           if (cap) {
-            // 1 - tanh^2 of the capped score, recovered from P (P > 0 for
-            // every visible entry; P == 0 makes dS 0 whatever this is):
-            // capped = (log2 P + lse2) / log2(e).
+            // 1 - tanh^2 of the capped score, recovered from P: capped =
+            // (log2 P + lse2) / log2(e). Where P == 0 (masked, or a row that
+            // sees no key, whose lse2 is +inf) dS is 0: select it, since
+            // 0 * (1 - inf^2) would be NaN.
             float t = (__log2f(fmaxf(pv, 1e-37f)) + lse2[r]) * (0.6931471805599453f / p.softcap);
-            ds *= 1.f - t * t;
+            ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
           }
           dp_rc(r, c) = ds;
         }
       }
       // The previous step's dV/dK/dQ GEMMs (all warpgroups) are done with
-      // sP/sdS once every consumer got here.
+      // sP/sdS once every consumer got here; thread 0 first makes sure the
+      // previous dQ bulk reduce has read smem_dq, so after this barrier
+      // everyone may overwrite it.
+      if (tid == 0) tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
       CUTE_UNROLL
       for (int i = 0; i < size(tSrS); ++i) {
@@ -188,27 +194,42 @@ struct BwdConsumer {
       pipe_do.consumer_release(state);
       ++state;
 
-      // dQ partial -> fp32 accumulator (deterministic: in n_block order).
-      Tensor cQ = thr_dq.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDqChunk>>{}));
-      float* dq = p.dq_accum + (int64_t(bh) * p.sq_pad + row0) * D;
-      int* sem = nullptr;
-      if (p.deterministic) sem = p.sem_dq + int64_t(bh) * p.num_m + m;
+      // dQ partial -> smem in fragment order -> one bulk reduce-add per
+      // chunk into the fp32 accumulator (bwd_dq.h), issued by thread 0.
+      // Deterministic: the adds into one query block go in n_block order.
+      float* dq_blk = p.dq_accum + (int64_t(bh) * p.num_m + m) * (kBlockM * D);
+      int* sem = p.deterministic ? p.sem_dq + int64_t(bh) * p.num_m + m : nullptr;
       CUTE_UNROLL
       for (int ch = 0; ch < kDqChunks; ++ch) {
         if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
         warpgroup_wait<0>();
-        if (ch == 0 && p.deterministic) {
-          int nmin, nmax;
-          p.mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
-          bwd_sem_wait(sem, n_block - nmin, tid);
+        if (ch > 0) {
+          if (tid == 0) tma_store_wait<0>();
+          cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDqEmpty));
         }
-        CUTE_UNROLL
-        for (int i = 0; i < size(tdQrdQ); ++i) {
-          atomicAdd(dq + int(get<0>(cQ(i))) * D + ch * kDqChunk + int(get<1>(cQ(i))), tdQrdQ(i));
+        dq_frag_store<256>(tdQrdQ, ss.smem_dq.data(), tid);
+        cutlass::arch::fence_view_async_shared();
+        cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDqFull));
+        if (tid == 0) {
+          if (ch == 0 && sem != nullptr) {
+            int nmin, nmax;
+            p.mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
+            while (bwd_ld_acquire(sem) != n_block - nmin) {
+            }
+          }
+          bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), ss.smem_dq.data(),
+                              uint32_t(kBlockM * kDqChunk * sizeof(float)));
+          tma_store_arrive();
         }
       }
-      if (p.deterministic) bwd_sem_signal(sem, tid);
+      if (sem != nullptr && tid == 0) {
+        bulk_wait_complete();
+        __threadfence();
+        atomicAdd(sem, 1);
+      }
     }
+    // smem must outlive the last bulk reduce's reads.
+    if (tid == 0) tma_store_wait<0>();
 
     // dK, dV epilogue.
     Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));

@@ -1,8 +1,8 @@
-// Experimental Hopper backward (JAX_FA3_EXPERIMENTAL_BWD): bwd_workspace_bytes
+// Hopper backward (JAX_FA3_BWD): bwd_workspace_bytes
 // and run_bwd (validation, workspace zeroing, preprocess, main kernel per
 // (head_dim, dtype), postprocess). Kept free of CuTe. When the gate is off
-// this TU is empty and device.cu provides the "not implemented" versions.
-#if JAX_FA3_EXPERIMENTAL_BWD
+// (JAX_FA3_BWD=OFF) this TU is empty and device.cu provides stubs.
+#if JAX_FA3_BWD
 #include <cuda_runtime.h>
 #include <cutlass/numeric_types.h>
 
@@ -95,7 +95,8 @@ std::string run_bwd(const AttnParams& p, void* stream) {
     return std::string("jax_fa3 hopper bwd: cudaMemsetAsync failed: ") + cudaGetErrorString(err);
   }
   std::string e;
-  if (p.seqlen_q > 0 && p.seqlen_k > 0) {
+  bool const main_kernel = p.seqlen_q > 0 && p.seqlen_k > 0;
+  if (main_kernel) {
     e = bwd_preprocess(p, w, s);
     if (!e.empty()) return e;
     e = p.dtype == DType::kBF16 ? dispatch_bwd<cutlass::bfloat16_t>(p, w, s)
@@ -104,8 +105,8 @@ std::string run_bwd(const AttnParams& p, void* stream) {
   }
   // seqlen_k == 0: dq = 0 from the zeroed accumulator; seqlen_q == 0: dk = dv
   // = 0 from the zeroed fp32 dK/dV accumulators (BwdWorkspace::make).
-  return bwd_postprocess(p, w, s);
+  return bwd_postprocess(p, w, /*convert_dq=*/!main_kernel, s);
 }
 
 }  // namespace jax_fa3::hopper
-#endif  // JAX_FA3_EXPERIMENTAL_BWD
+#endif  // JAX_FA3_BWD

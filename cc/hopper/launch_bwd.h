@@ -1,4 +1,4 @@
-// Host side of the experimental backward (JAX_FA3_EXPERIMENTAL_BWD).
+// Host side of the backward (JAX_FA3_BWD).
 //
 // Part 1 (always, CuTe-free): the workspace layout, shared by
 // bwd_workspace_bytes / run_bwd (launch_bwd.cu), the pre/postprocess kernels
@@ -67,9 +67,13 @@ struct BwdWorkspace {
   }
 };
 
-// bwd_preprocess.cu / bwd_postprocess.cu
+// bwd_preprocess.cu / bwd_postprocess.cu. The postprocess converts the GQA
+// dK/dV accumulators, and dQ only when the main kernel did not run
+// (convert_dq: the accumulator is then all zeros, in any order); otherwise
+// launch_bwd converts dQ from its fragment order (bwd_dq.h).
 std::string bwd_preprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s);
-std::string bwd_postprocess(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s);
+std::string bwd_postprocess(const AttnParams& p, const BwdWorkspace& w, bool convert_dq,
+                            cudaStream_t s);
 
 // Defined in the instantiation TUs.
 template <int D, class Element>
@@ -174,6 +178,16 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: launch failed: ") + cudaGetErrorString(err);
+  }
+  // dQ: undo the accumulator's fragment order, scale, cast (bwd_dq.h).
+  bwd_dq_convert_kernel<Traits><<<dim3(unsigned(w.num_m), unsigned(a.num_heads), unsigned(a.batch)),
+                                  Traits::kNumMmaThreads, 0, stream>>>(
+      kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads), int(w.num_m),
+      a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +
+           cudaGetErrorString(err);
   }
   return "";
 }

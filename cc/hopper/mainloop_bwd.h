@@ -1,4 +1,4 @@
-// Experimental FA3-style backward (JAX_FA3_EXPERIMENTAL_BWD): compile-time
+// FA3-style backward (JAX_FA3_BWD): compile-time
 // configuration, kernel parameters and the producer (TMA) half of the
 // mainloop. The consumer half and the kernel are in kernel_bwd.h.
 //
@@ -27,8 +27,8 @@ using namespace cute;
 //   d >= 192: kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
 //             dQ split along D (each WG owns D/2 columns).
 // P and dS always go through smem (they feed dV/dK as A^T and dQ as A).
-// smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P,dS 32K = 160K;
-//              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K = 208K.
+// smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P,dS 32K + dQ 32K = 192K;
+//              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K + dQ 16K = 224K.
 template <int D> struct BwdTileConfig {
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr bool kDkvSplitD = D > 128;
@@ -65,9 +65,10 @@ struct BwdTraits {
                            GMMA::Major::MN>(),
       AtomLayoutKV{}));
   // dQ = dS K: (kBlockM, D), reduction over kBlockN; WGs split D. d=256 does
-  // it in 2 chunks of D/2 (64 accumulators per thread instead of 128 next to
-  // the 128 of dK/dV: without chunks ptxas spilled ~90 bytes).
-  static constexpr int kDqChunks = D == 256 ? 2 : 1;
+  // it in 4 chunks of 64 columns: fewer accumulators next to the 128 of
+  // dK/dV (without chunks ptxas spilled ~90 bytes), and a 16 KB fp32 staging
+  // buffer (bwd_dq.h) is what still fits next to its 208 KB of tiles.
+  static constexpr int kDqChunks = D == 256 ? 4 : 1;
   static constexpr int kDqChunk = D / kDqChunks;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
@@ -106,6 +107,8 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdO>, 1024> smem_do;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutP>, 1024> smem_p;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
+    // One dQ chunk in fragment order, the source of the bulk reduce-add.
+    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk, 128> smem_dq;
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
@@ -129,6 +132,8 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // all consumers: the previous step's GEMMs no longer read sP/sdS
   kPdSFull = 1,   // all consumers: sP/sdS written
   kSem = 2,       // all consumers: deterministic semaphore hand-off
+  kDqEmpty = 3,   // all consumers: the last bulk reduce has read smem_dq
+  kDqFull = 4,    // all consumers: smem_dq written
 };
 
 template <class Traits>
@@ -140,7 +145,7 @@ struct BwdKernelParams {
   void* dk;  // output (input dtype), written directly when h_h_k_ratio == 1
   void* dv;
   int64_t k_batch_stride, k_row_stride, k_head_stride;
-  float* dq_accum;  // (batch, heads, sq_pad, D) fp32, zeroed
+  float* dq_accum;  // (batch, heads, num_m, kBlockM * D) fp32 in fragment order (bwd_dq.h), zeroed
   float* dk_accum;  // (batch, heads_k, sk_pad, D) fp32, zeroed (GQA only)
   float* dv_accum;
   const float* lse2;   // (batch, heads, sq_pad): lse * log2(e); +inf for empty/pad rows

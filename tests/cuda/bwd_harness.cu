@@ -1,5 +1,5 @@
-// Standalone correctness + speed harness for the experimental Hopper backward
-// (jax_fa3::hopper::run_bwd, built with -DJAX_FA3_EXPERIMENTAL_BWD=1).
+// Standalone correctness + speed harness for the Hopper backward
+// (jax_fa3::hopper::run_bwd, built with -DJAX_FA3_BWD=1).
 //
 //   bwd_harness                 sweep + deterministic check + bench
 //   bwd_harness --quick         a few small cases (for compute-sanitizer)
@@ -238,7 +238,9 @@ static bool check_tensor(const char* name, const std::vector<float>& got,
     mx = std::max(mx, std::fabs(ref[i]));
   }
   double eps = dt == DType::kBF16 ? 1.0 / 256 : 1.0 / 2048;
-  double tol = 2 * nerr + 2 * eps * mx + 1e-6;
+  // atol: fp32 rounding of dP - dPsum, which cancel exactly when a row sees
+  // one key (seen up to 2.7e-6 at d=256 with unit-normal inputs).
+  double tol = 2 * nerr + 2 * eps * mx + 2e-5;
   char buf[200];
   snprintf(buf, sizeof buf, " %s err=%.3g naive=%.3g tol=%.3g%s", name, err, nerr, tol,
            finite ? "" : " NONFINITE");

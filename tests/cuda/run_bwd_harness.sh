@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Hopper library sources with the experimental backward
-# (-DJAX_FA3_EXPERIMENTAL_BWD=1) + tests/cuda/bwd_harness.cu with parallel
+# Builds the Hopper library sources with the backward
+# (-DJAX_FA3_BWD=1) + tests/cuda/bwd_harness.cu with parallel
 # nvcc and runs the harness. Usage (repo root):
 #   tests/cuda/run_bwd_harness.sh [--quick|--sweep|--deterministic|--bench] [--d N]
 # Env: CUTLASS_INC, BUILD (default /tmp/fa3_bwd_build), JOBS (default nproc),
@@ -15,7 +15,7 @@ HDIMS=${HDIMS:-"64 96 128 192 256"}
 source tests/cuda/toolchain.sh
 mkdir -p "$BUILD"
 rm -f "$BUILD"/*.o "$BUILD"/*.log
-DEFS="-DJAX_FA3_EXPERIMENTAL_BWD=1"
+DEFS="-DJAX_FA3_BWD=1"
 # The harness calls run_bwd only: the forward (launch_fwd.cu, fwd_*) is not
 # built here.
 SRCS="cc/hopper/device.cu cc/hopper/launch_bwd.cu cc/hopper/bwd_preprocess.cu cc/hopper/bwd_postprocess.cu"

@@ -1,6 +1,6 @@
-// One (head dim, dtype) instantiation of the experimental backward per TU.
-// Empty unless JAX_FA3_EXPERIMENTAL_BWD (cmake option / env var) is on.
-#if JAX_FA3_EXPERIMENTAL_BWD
+// One (head dim, dtype) instantiation of the backward per TU.
+// Empty when built with JAX_FA3_BWD=OFF.
+#if JAX_FA3_BWD
 #include "cc/hopper/launch_bwd.h"
 
 namespace jax_fa3::hopper {

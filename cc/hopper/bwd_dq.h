@@ -1,0 +1,98 @@
+// dQ accumulation of the Hopper backward (JAX_FA3_BWD).
+//
+// Every CTA (one key block) adds its dQ partial of each query block into an
+// fp32 accumulator in the workspace. Scalar atomicAdd per element made the
+// whole backward L2-atomic bound (~200 TF/s at d128 on the H100), so, as in
+// FA3, each consumer thread writes its accumulator fragment to shared memory
+// and one thread issues a single bulk reduce-add (cp.reduce.async.bulk) of
+// the whole chunk, asynchronously.
+//
+// The accumulator's layout is ours alone (only bwd_dq_convert_kernel reads
+// it), so it is stored in *fragment order*: element i of consumer thread t
+// sits at ((i / 4) * kThreads + t) * 4 + i % 4 of its (query block, chunk).
+// The shared-memory writes are then conflict-free float4 stores, and the
+// chunk is one contiguous run of bytes in both memories, which is what the
+// plain (non-tensor) bulk reduce needs.
+#pragma once
+
+#include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
+
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/tensor.hpp>
+
+namespace jax_fa3::hopper {
+
+using namespace cute;
+
+// CuTe 4.2 wraps only the *tensor* bulk reduces (SM90_TMA_REDUCE_ADD_*,
+// which need a tensor map); the contiguous form is one instruction.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem,
+                                                    uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
+               :
+               : "l"(gmem), "r"(cute::cast_smem_ptr_to_uint(smem)), "r"(bytes)
+               : "memory");
+}
+
+// Waits until this thread's bulk operations are *complete* (their global
+// writes performed), not only done reading shared memory (tma_store_wait):
+// the deterministic mode hands the accumulator to the next CTA after this.
+__device__ __forceinline__ void bulk_wait_complete() {
+  asm volatile("cp.async.bulk.wait_group 0;" : : : "memory");
+}
+
+template <int kThreads>
+__device__ __forceinline__ int dq_frag_offset(int t, int i) {
+  return ((i >> 2) * kThreads + t) * 4 + (i & 3);
+}
+
+// Thread t's fp32 fragment -> shared memory in fragment order.
+template <int kThreads, class Frag>
+__device__ __forceinline__ void dq_frag_store(Frag const& frag, float* smem, int t) {
+  static_assert(decltype(size(frag))::value % 4 == 0);
+  float4* dst = reinterpret_cast<float4*>(smem);
+  CUTE_UNROLL
+  for (int j = 0; j < size(frag) / 4; ++j) {
+    dst[j * kThreads + t] = make_float4(frag(4 * j), frag(4 * j + 1), frag(4 * j + 2),
+                                        frag(4 * j + 3));
+  }
+}
+
+// dQ = softmax_scale * accumulator, cast to the input dtype and written to
+// the (batch, seqlen_q, heads, D) output. Grid (num_m, heads, batch),
+// kNumMmaThreads threads: thread t undoes the fragment order of consumer
+// thread t with the same TiledMma partition the main kernel used.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNumMmaThreads)
+    bwd_dq_convert_kernel(const float* __restrict__ acc, typename Traits::Element* dq,
+                          int seqlen_q, int num_heads, int num_m, int64_t batch_stride,
+                          int64_t row_stride, int64_t head_stride, float scale) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
+  constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
+  constexpr int kThreads = Traits::kNumMmaThreads;
+  int const m = blockIdx.x, head = blockIdx.y, batch = blockIdx.z, t = threadIdx.x;
+  int const bh = batch * num_heads + head;
+  typename Traits::TiledMmadQ mma;
+  auto thr = mma.get_thread_slice(t);
+  Tensor cQ = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kChunk>>{}));
+  const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
+  Element* out = dq + batch * batch_stride + head * head_stride;
+  CUTE_UNROLL
+  for (int ch = 0; ch < kChunks; ++ch) {
+    const float4* src = reinterpret_cast<const float4*>(blk + ch * kBlockM * kChunk);
+    CUTE_UNROLL
+    for (int j = 0; j < size(cQ) / 4; ++j) {
+      float4 v = src[j * kThreads + t];
+      float vals[4] = {v.x, v.y, v.z, v.w};
+      CUTE_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        int row = m * kBlockM + int(get<0>(cQ(4 * j + k)));
+        int col = ch * kChunk + int(get<1>(cQ(4 * j + k)));
+        if (row < seqlen_q) out[int64_t(row) * row_stride + col] = static_cast<Element>(vals[k] * scale);
+      }
+    }
+  }
+}
+
+}  // namespace jax_fa3::hopper
