@@ -169,10 +169,11 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
     return std::string("jax_fa3 hopper bwd: cudaFuncSetAttribute failed: ") +
            cudaGetErrorString(err);
   }
-  // blockIdx.x = n_block is fastest, then head: the deterministic semaphores
-  // wait only on CTAs with a lower linear index (lower n_block of the same
-  // (batch, head) for dQ; lower head of the same (batch, kv head, n_block)
-  // for GQA dK/dV), which the hardware has launched before.
+  // blockIdx.x (the key block) is fastest, then head: the deterministic
+  // semaphores wait only on CTAs with a lower linear index (for dQ, higher
+  // n_block of the same (batch, head), as the kernel maps blockIdx.x to
+  // num_n - 1 - blockIdx.x then; for GQA dK/dV, lower head of the same
+  // (batch, kv head, n_block)), which the hardware has launched before.
   dim3 grid(num_n, unsigned(a.num_heads), unsigned(a.batch));
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
   err = cudaGetLastError();
