@@ -1,4 +1,4 @@
-"""Public API: ``jax_fa3.attention``."""
+"""Public API: ``jax_fa3.attention`` (dense, optionally with segment ids)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from typing import Any
 
 import jax
 
+from jax_fa3 import _guard
 from jax_fa3 import _validate
 from jax_fa3 import primitives
+from jax_fa3 import segments
 
 
 def attention(q: jax.Array,
@@ -19,7 +21,8 @@ def attention(q: jax.Array,
               window_size: tuple[int, int] = (-1, -1),
               softcap: float = 0.0,
               return_lse: bool = False,
-              deterministic: bool = False) -> Any:
+              deterministic: bool = False,
+              segment_ids: Any = None) -> Any:
   """Exact scaled dot-product attention, FlashAttention-3 style.
 
   Computes ``softmax(mask(softcap(softmax_scale * q @ k^T))) @ v`` per head
@@ -47,6 +50,17 @@ def attention(q: jax.Array,
       float32, shape ``(batch, heads, seqlen_q)``; ``-inf`` for a row that
       sees no key, whose output is 0). The LSE carries no gradient (as FA3).
     deterministic: make the backward bitwise reproducible run to run.
+    segment_ids: packed sequences given per token: an int32 array
+      ``(batch..., seqlen)`` used for both q and k/v (needs ``seqlen_q ==
+      seqlen_k``), or a pair ``(q_segment_ids, kv_segment_ids)`` of shapes
+      ``(batch..., seqlen_q)`` and ``(batch..., seqlen_k)``. A query sees
+      only keys of its row with the same id; causal / window apply within the
+      segment on positions counted inside it, bottom-right aligned per
+      segment (for self-attention with contiguous segments: causal AND same
+      segment). Ids need not be sorted or contiguous. A query whose id no key
+      has gets output 0 (LSE -inf). Runs through the varlen path (see
+      ``jax_fa3.segments``): CPU backend only for now, and not partitioned
+      under sharding.
 
   Returns:
     ``out`` with the shape and dtype of ``q``; or ``(out, lse)`` when
@@ -55,7 +69,9 @@ def attention(q: jax.Array,
   Raises:
     TypeError / ValueError: before lowering, naming the offending argument
       (rank, dtype, head_dim not a multiple of 8 in [8, 256], heads not a
-      multiple of kv_heads, bad window/softcap/scale).
+      multiple of kv_heads, bad window/softcap/scale, segment_ids shape or
+      dtype).
+    NotImplementedError: ``segment_ids`` on the Hopper (CUDA) backend.
   """
   _validate.check_qkv(q, k, v)
   causal = _validate.check_bool("causal", causal)
@@ -70,7 +86,14 @@ def attention(q: jax.Array,
       softcap=_validate.resolve_softcap(softcap),
       deterministic=deterministic,
   )
-  out, lse = primitives.attention_with_lse(q, k, v, cfg)
+  if segment_ids is not None:
+    q_seg, kv_seg = _validate.check_segment_ids(segment_ids, q, k)
+    if any(_validate.on_gpu(x) for x in (q, k, v)):
+      raise NotImplementedError(_guard.VARLEN_ON_CUDA)
+    out, lse = segments.attention_with_segments(
+        q, k, v, q_seg, kv_seg, cfg, same=not isinstance(segment_ids, (tuple, list)))
+  else:
+    out, lse = primitives.attention_with_lse(q, k, v, cfg)
   if return_lse:
     return out, jax.lax.stop_gradient(lse)
   return out

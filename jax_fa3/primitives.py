@@ -1,8 +1,13 @@
 """The attention primitive: ``jax.ffi.ffi_call`` into the native handlers,
 wrapped in a ``custom_vjp`` whose backward calls the backward FFI target.
 
-Data flows one way: public API (``jax_fa3.attention``) -> this module ->
-FFI handler (cc/ffi/handlers.cc) -> AttnParams -> backend kernel.
+Data flows one way: public API (``jax_fa3.attention``,
+``jax_fa3.attention_varlen``) -> this module -> FFI handler
+(cc/ffi/handlers.cc) -> AttnParams -> backend kernel.
+
+Dense and varlen (packed) calls share the two FFI targets: a varlen call
+passes its offsets (cu_seqlens_q, cu_seqlens_k[, seqused_q][, seqused_k]) as
+extra operands and ``varlen=True`` among the attributes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_fa3 import _ffi
+from jax_fa3 import _guard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,15 +34,43 @@ class AttnConfig:
   softcap: float
   deterministic: bool = False
 
-  def ffi_attrs(self) -> dict:
-    # FFI attributes must be numpy scalars of the handler's exact type.
+  def ffi_attrs(self, varlen: "VarlenSpec | None" = None) -> dict:
+    # FFI attributes must be numpy scalars of the handler's exact type. Every
+    # call carries the varlen attributes too (one handler serves both
+    # layouts, cc/ffi/fill_varlen.h); a dense call has varlen=False.
     return dict(
         softmax_scale=np.float32(self.softmax_scale),
         causal=np.bool_(self.causal),
         window_left=np.int32(self.window_left),
         window_right=np.int32(self.window_right),
         softcap=np.float32(self.softcap),
+        **(varlen or _DENSE).ffi_attrs(),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class VarlenSpec:
+  """Static (hashable) part of a varlen call: the max lengths and which of
+  the optional seqused operands are present. ``varlen=False`` marks a dense
+  call."""
+
+  max_seqlen_q: int = 0
+  max_seqlen_k: int = 0
+  has_seqused_q: bool = False
+  has_seqused_k: bool = False
+  varlen: bool = True
+
+  def ffi_attrs(self) -> dict:
+    return dict(
+        varlen=np.bool_(self.varlen),
+        max_seqlen_q=np.int32(self.max_seqlen_q),
+        max_seqlen_k=np.int32(self.max_seqlen_k),
+        has_seqused_q=np.bool_(self.has_seqused_q),
+        has_seqused_k=np.bool_(self.has_seqused_k),
+    )
+
+
+_DENSE = VarlenSpec(varlen=False)
 
 
 def _lse_shape(q_shape):
@@ -99,3 +133,67 @@ def _vjp_bwd(cfg, res, cts):
 
 
 attention_with_lse.defvjp(_vjp_fwd, _vjp_bwd)
+
+
+# ------------------------------------------------------------------ varlen ----
+# Packed q (total_q, heads, d), k/v (total_k, kv_heads, d); LSE (heads,
+# total_q) as FA3's varlen. Not routed through the sharding rules: a packed
+# axis mixes sequences, so it is not split per shard (under jit with sharded
+# inputs XLA gathers them). Under vmap the call runs once per vmapped entry
+# ("sequential"): extra leading dims cannot fold into a packed axis.
+
+
+def _offsets(cu_q, cu_k, used_q, used_k):
+  """The extra operands, in the handler's order (absent seqused omitted)."""
+  offs = (cu_q, cu_k) + tuple(x for x in (used_q, used_k) if x is not None)
+  # On CUDA the lowering stops here with a NotImplementedError (the Hopper
+  # kernels have no varlen path yet), rather than at run time in the handler.
+  return (_guard.no_varlen_on_cuda(offs[0]),) + offs[1:]
+
+
+def varlen_fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, cfg: AttnConfig, spec: VarlenSpec):
+  """Raw varlen forward: (out, lse), lse float32 (heads, total_q)."""
+  _ffi.extension()
+  out_types = (
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct((q.shape[-2], q.shape[-3]), jnp.float32),
+  )
+  call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="sequential")
+  return call(q, k, v, *_offsets(cu_q, cu_k, used_q, used_k), **cfg.ffi_attrs(spec))
+
+
+def varlen_bwd_call(q, k, v, out, lse, dout, cu_q, cu_k, used_q, used_k, cfg: AttnConfig,
+                    spec: VarlenSpec):
+  """Raw varlen backward: (dq, dk, dv) for the packed tensors."""
+  _ffi.extension()
+  out_types = (
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct(k.shape, k.dtype),
+      jax.ShapeDtypeStruct(v.shape, v.dtype),
+  )
+  call = jax.ffi.ffi_call(_ffi.BWD_TARGET, out_types, vmap_method="sequential")
+  return call(q, k, v, out, lse, dout.astype(q.dtype), *_offsets(cu_q, cu_k, used_q, used_k),
+              deterministic=np.bool_(cfg.deterministic), **cfg.ffi_attrs(spec))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def varlen_attention_with_lse(q, k, v, cu_q, cu_k, used_q, used_k, cfg: AttnConfig,
+                              spec: VarlenSpec):
+  """(out, lse) of packed sequences; the offsets and lse get no gradient."""
+  return varlen_fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, cfg, spec)
+
+
+def _varlen_vjp_fwd(q, k, v, cu_q, cu_k, used_q, used_k, cfg, spec):
+  out, lse = varlen_fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, cfg, spec)
+  return (out, lse), (q, k, v, out, lse, cu_q, cu_k, used_q, used_k)
+
+
+def _varlen_vjp_bwd(cfg, spec, res, cts):
+  q, k, v, out, lse, cu_q, cu_k, used_q, used_k = res
+  dout, _ = cts
+  dq, dk, dv = varlen_bwd_call(q, k, v, out, lse, dout, cu_q, cu_k, used_q, used_k, cfg, spec)
+  # Integer offsets: no cotangent.
+  return dq, dk, dv, None, None, None, None
+
+
+varlen_attention_with_lse.defvjp(_varlen_vjp_fwd, _varlen_vjp_bwd)

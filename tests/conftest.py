@@ -80,7 +80,9 @@ def rounding_atol(ref64, dtype):
   r = f64(ref64)
   r = np.where(np.isfinite(r), r, 0.0)
   rd = f64(jnp.asarray(r).astype(dtype).astype(jnp.float64) + 0.3 - 0.3)
-  return 2.0 * float(np.max(np.abs(rd - r))) + 1e-6
+  # The floor covers fp32 noise where the exact result is 0 (dk with a single
+  # key: dP - dPsum cancels exactly in float64, ~1e-6 in fp32 at d=256).
+  return 2.0 * float(np.max(np.abs(rd - r))) + 2e-5
 
 
 def assert_fa3_close(name, got, ref64, naive, dtype, atol=None):

@@ -128,11 +128,15 @@ def test_nnx_signatures_are_flax_superset():
   assert [n for n, _ in ours[len(theirs):]] == [
       "causal", "window_size", "softcap", "softmax_scale"]
   # Every flax call argument, same order; `input_positions` (flax >= 0.12.10)
-  # is accepted (and refused when given) whether or not this flax has it.
-  ours_call = list(inspect.signature(FA3MultiHeadAttention.__call__).parameters)
+  # is accepted (and refused when given) whether or not this flax has it;
+  # `segment_ids` is jax_fa3's own, keyword-only and last.
+  sig = inspect.signature(FA3MultiHeadAttention.__call__).parameters
+  ours_call = list(sig)
   theirs_call = list(inspect.signature(nnx.MultiHeadAttention.__call__).parameters)
   assert [n for n in ours_call if n in theirs_call] == theirs_call
-  assert set(ours_call) - set(theirs_call) <= {"input_positions"}
+  assert set(ours_call) - set(theirs_call) <= {"input_positions", "segment_ids"}
+  assert ours_call[-1] == "segment_ids"
+  assert sig["segment_ids"].kind == inspect.Parameter.KEYWORD_ONLY
 
 
 def test_linen_signatures_are_flax_superset():
@@ -144,8 +148,12 @@ def test_linen_signatures_are_flax_superset():
   assert ours[:len(theirs)] == theirs
   assert set(ours) - set(theirs) == {
       "num_kv_heads", "causal", "window_size", "softcap", "softmax_scale"}
-  assert (list(inspect.signature(FA3MultiHeadDotProductAttention.__call__).parameters)
-          == list(inspect.signature(nn.MultiHeadDotProductAttention.__call__).parameters))
+  # flax's call arguments, then jax_fa3's keyword-only segment_ids.
+  sig = inspect.signature(FA3MultiHeadDotProductAttention.__call__).parameters
+  assert (list(sig)
+          == list(inspect.signature(nn.MultiHeadDotProductAttention.__call__).parameters)
+          + ["segment_ids"])
+  assert sig["segment_ids"].kind == inspect.Parameter.KEYWORD_ONLY
 
 
 @pytest.mark.parametrize("num_kv_heads", [None, 2])
@@ -513,3 +521,41 @@ def test_attention_fn_refusals(x, rng):
     lin.apply(variables, x, sow_weights=True, mutable=["intermediates"])
   with pytest.raises(ValueError, match="mask"):
     lin.apply(variables, x, mask=nn.make_causal_mask(x[..., 0]))
+
+
+# ---------------------------------------------------------------------------
+# segment_ids (packed sequences): against flax's own layer with the mask
+# ---------------------------------------------------------------------------
+
+def test_segment_ids_nnx_linen_and_attention_fn(rng):
+  """segment_ids = flax's layer given make_attention_mask(seg, seg) & causal
+  (self-attention, contiguous segments), for NNX, linen and attention_fn;
+  refused with decode and with a custom attention_fn."""
+  x = randn(rng, (B, L, FEAT), jnp.float32)
+  seg = jnp.asarray(np.array([[0] * 5 + [1] * 1 + [2] * 10, [7] * 16], np.int32))
+  mask = nnx.combine_masks(nnx.make_attention_mask(seg, seg, jnp.equal),
+                          nnx.make_causal_mask(x[..., 0]))
+  seed = seed_of(rng)
+  ours = FA3MultiHeadAttention(H, FEAT, causal=True, decode=False, rngs=nnx.Rngs(seed))
+  stock = nnx.MultiHeadAttention(H, FEAT, decode=False, rngs=nnx.Rngs(seed))
+  want = stock(x, mask=mask)
+  np.testing.assert_allclose(ours(x, segment_ids=seg), want, atol=2e-5)
+  got = nnx.jit(lambda m, x, s: m(x, segment_ids=s))(ours, x, seg)
+  np.testing.assert_allclose(got, want, atol=2e-5)
+
+  lin = FA3MultiHeadDotProductAttention(num_heads=H, causal=True)
+  variables = lin.init(jax.random.key(seed), x)
+  lin_want = nn.MultiHeadDotProductAttention(num_heads=H).apply(variables, x, mask=mask)
+  np.testing.assert_allclose(lin.apply(variables, x, segment_ids=seg), lin_want, atol=2e-5)
+
+  q, k, v = (randn(rng, (B, L, H, D), jnp.float32) for _ in range(3))
+  np.testing.assert_allclose(
+      make_attention_fn(causal=True)(q, k, v, segment_ids=seg),
+      nnx.dot_product_attention(q, k, v, mask=mask), atol=2e-5)
+
+  with pytest.raises(ValueError, match="segment_ids is not supported with decode"):
+    FA3MultiHeadAttention(H, FEAT, decode=True, rngs=nnx.Rngs(0))(x, segment_ids=seg)
+  custom = FA3MultiHeadAttention(H, FEAT, decode=False, rngs=nnx.Rngs(0),
+                                 attention_fn=nnx.dot_product_attention)
+  with pytest.raises(ValueError, match="custom attention_fn"):
+    custom(x, segment_ids=seg)

@@ -70,10 +70,42 @@ struct AttnParams {
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
 
+  // ---- variable-length (packed) sequences ---------------------------------
+  // With is_varlen, q/out/dq/dout are (total_q, heads, head_dim) and k/v/dk/dv
+  // (total_k, kv_heads, head_dim): num_seqs sequences packed one after the
+  // other, sequence b occupying rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) of
+  // q (and likewise of k). Of those rows only the first seqused_q[b] are
+  // attended (all of them when seqused_q is null); rows in no sequence give
+  // out 0, lse -inf and zero gradients. LSE is (heads, total_q).
+  // batch = num_seqs and seqlen_q/k = max_seqlen_q/k (upper bounds of the
+  // per-sequence lengths, for grid sizing), the *_batch_strides are 0 and
+  // lse_head_stride = total_q. Masks (mask.h) apply per sequence, on its
+  // attended lengths. cc/common/varlen.h reads these fields.
+  //
+  // The pointers are host memory on the CPU backend and device memory on
+  // CUDA (where the handler therefore cannot validate their values).
+  bool is_varlen = false;
+  int64_t num_seqs = 0;
+  int64_t total_q = 0;
+  int64_t total_k = 0;
+  int64_t max_seqlen_q = 0;
+  int64_t max_seqlen_k = 0;
+  const int32_t* cu_seqlens_q = nullptr;  // (num_seqs + 1), non-decreasing, [0] = 0
+  const int32_t* cu_seqlens_k = nullptr;  // (num_seqs + 1), non-decreasing, [0] = 0
+  const int32_t* seqused_q = nullptr;     // (num_seqs) or null
+  const int32_t* seqused_k = nullptr;     // (num_seqs) or null
+
   // ---- derived helpers ----------------------------------------------------
-  int64_t q_elems() const { return batch * seqlen_q * num_heads * head_dim; }
-  int64_t k_elems() const { return batch * seqlen_k * num_heads_k * head_dim; }
-  int64_t lse_elems() const { return batch * num_heads * seqlen_q; }
+  // Elements of the q-like / k-like / lse tensors (packed ones under varlen).
+  int64_t q_elems() const {
+    return (is_varlen ? total_q : batch * seqlen_q) * num_heads * head_dim;
+  }
+  int64_t k_elems() const {
+    return (is_varlen ? total_k : batch * seqlen_k) * num_heads_k * head_dim;
+  }
+  int64_t lse_elems() const {
+    return is_varlen ? num_heads * total_q : batch * num_heads * seqlen_q;
+  }
 };
 
 }  // namespace jax_fa3

@@ -10,13 +10,16 @@
 //
 // Two passes so no output is written by two workers and no atomics are
 // needed (results do not depend on the thread count or schedule):
-//   pass 1, one item per (batch, head, query block): D and dQ;
-//   pass 2, one item per (batch, kv head, key block): dK and dV, looping over
+//   pass 1, one item per (sequence, head, query block): D and dQ;
+//   pass 2, one item per (sequence, kv head, key block): dK and dV, looping over
 //   the query heads of the GQA group and the query rows that can see the
 //   block (mask.h row_range). P and dP are recomputed in both passes; pass 2
 //   works on transposed tiles (key rows x query columns) so dV and dK are
 //   plain row-major matmuls.
-// Rows with lse = -inf (they see no key) contribute nothing.
+// A sequence is a batch entry or one packed varlen sequence (seqs.h); both
+// passes only see its attended rows. Rows with lse = -inf (they see no key)
+// contribute nothing; packed rows that no sequence attends get zero dQ (and
+// zero dK, dV on the key side), written before the passes.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -28,6 +31,7 @@
 #include "cc/cpu/cpu_backend.h"
 #include "cc/cpu/kernels.h"
 #include "cc/cpu/parallel.h"
+#include "cc/cpu/seqs.h"
 #include "cc/cpu/tile.h"
 
 namespace jax_fa3::cpu {
@@ -95,22 +99,25 @@ struct DqScratch {
   TileCache kv;
 };
 
-void dq_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, int64_t q0, int mq,
+// Query rows [q0, q0 + mq) of head h of sequence s (seq_index keys the
+// K/V cache). dsum_all is laid out like the LSE.
+void dq_tile(const AttnParams& p, const Seq& s, int64_t seq_index, int64_t h, int64_t q0, int mq,
              float* dsum_all, DqScratch& w) {
+  const MaskSpec& mask = s.mask;
   const int d = static_cast<int>(p.head_dim);
   const int dp = round_up8(d);
   const size_t tile = static_cast<size_t>(kBlockK) * dp;
   const int64_t kvh = h / p.h_h_k_ratio;
-  const int64_t qoff = q_offset(p, b, q0, h);
+  const int64_t qoff = s.q_off(p, q0, h);
   float* q = w.q.data();
   float* dout = w.dout.data();
   float* dq = w.dq.data();
 
   load_tile(p.q, p.dtype, qoff, p.q_row_stride, mq, d, q, dp);
   load_tile(p.dout, p.dtype, qoff, p.q_row_stride, mq, d, dout, dp);
-  const float* lse = p.lse_in + lse_offset(p, b, h) + q0;
+  const float* lse = p.lse_in + s.lse_off(p, h) + q0;
   // D_i = rowsum(dO_i * O_i), from O and dO as given, accumulated in fp32.
-  float* dsum = dsum_all + (b * p.num_heads + h) * p.seqlen_q + q0;
+  float* dsum = dsum_all + s.lse_off(p, h) + q0;
   for (int i = 0; i < mq; ++i) {
     load_row(p.out_in, qoff + i * p.q_row_stride, p.dtype, d, w.orow.data());
     const float* g = dout + static_cast<int64_t>(i) * dp;
@@ -123,14 +130,14 @@ void dq_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, in
   mask.col_range(q0, q0 + mq, &c_begin, &c_end);
   for (int64_t kb = c_begin / kBlockK; kb * kBlockK < c_end; ++kb) {
     const int64_t k0 = kb * kBlockK;
-    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, p.seqlen_k - k0));
+    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, s.len_k - k0));
     const int nkp = round_up8(nk);
     bool hit;
-    float* k = w.kv.get(b * p.num_heads_k + kvh, kb, &hit);
+    float* k = w.kv.get(seq_index * p.num_heads_k + kvh, kb, &hit);
     float* kt = k + tile;
     float* vt = kt + tile;
     if (!hit) {
-      const int64_t koff = k_offset(p, b, k0, kvh);
+      const int64_t koff = s.k_off(p, k0, kvh);
       load_tile(p.k, p.dtype, koff, p.k_row_stride, nk, d, k, dp);
       transpose_tile(k, dp, nk, dp, kt, kBlockK);
       load_tile(p.v, p.dtype, koff, p.k_row_stride, nk, d, w.stage.data(), dp);
@@ -178,13 +185,15 @@ struct DkvScratch {
   TileCache qs;
 };
 
-void dkv_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t kvh, int64_t k0,
+// Key rows [k0, k0 + nk) of kv head kvh of sequence s.
+void dkv_tile(const AttnParams& p, const Seq& s, int64_t seq_index, int64_t kvh, int64_t k0,
               int nk, const float* dsum_all, DkvScratch& w) {
+  const MaskSpec& mask = s.mask;
   const int d = static_cast<int>(p.head_dim);
   const int dp = round_up8(d);
   const size_t tile = static_cast<size_t>(kBlockQ) * dp;
-  const int64_t nqb = ceil_div(p.seqlen_q, kBlockQ);
-  const int64_t koff = k_offset(p, b, k0, kvh);
+  const int64_t nqb = ceil_div(s.len_q, kBlockQ);
+  const int64_t koff = s.k_off(p, k0, kvh);
   float* st = w.st.data();
   float* dpt = w.dpt.data();
 
@@ -200,19 +209,19 @@ void dkv_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t kvh,
 
   for (int64_t g = 0; g < p.h_h_k_ratio; ++g) {
     const int64_t h = kvh * p.h_h_k_ratio + g;
-    const float* lse_h = p.lse_in + lse_offset(p, b, h);
-    const float* dsum_h = dsum_all + (b * p.num_heads + h) * p.seqlen_q;
+    const float* lse_h = p.lse_in + s.lse_off(p, h);
+    const float* dsum_h = dsum_all + s.lse_off(p, h);
     for (int64_t qb = r_begin / kBlockQ; qb * kBlockQ < r_end; ++qb) {
       const int64_t q0 = qb * kBlockQ;
-      const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, p.seqlen_q - q0));
+      const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, s.len_q - q0));
       const int mqp = round_up8(mq);
       bool hit;
-      float* q = w.qs.get(b * p.num_heads_k + kvh, g * nqb + qb, &hit);
+      float* q = w.qs.get(seq_index * p.num_heads_k + kvh, g * nqb + qb, &hit);
       float* dout = q + tile;
       float* qt = dout + tile;
       float* doutt = qt + tile;
       if (!hit) {
-        const int64_t qoff = q_offset(p, b, q0, h);
+        const int64_t qoff = s.q_off(p, q0, h);
         load_tile(p.q, p.dtype, qoff, p.q_row_stride, mq, d, q, dp);
         transpose_tile(q, dp, mq, dp, qt, kBlockQ);
         load_tile(p.dout, p.dtype, qoff, p.q_row_stride, mq, d, dout, dp);
@@ -247,66 +256,68 @@ void dkv_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t kvh,
 
 }  // namespace
 
+
 std::string run_bwd(const AttnParams& p) {
   std::string err = check_params(p, /*backward=*/true);
   if (!err.empty()) return err;
   try {
-    const MaskSpec mask = mask_of(p);
+    const std::vector<Seq> seqs = make_seqs(p);
     const int dp = round_up8(p.head_dim);
-    if (p.q_elems() == 0) {
-      // No queries: every gradient is zero (dQ is empty).
-      for (int64_t b = 0; b < p.batch; ++b)
-        for (int64_t r = 0; r < p.seqlen_k; ++r)
-          for (int64_t h = 0; h < p.num_heads_k; ++h) {
-            zero_row(p.dk, k_offset(p, b, r, h), p.dtype, p.head_dim);
-            zero_row(p.dv, k_offset(p, b, r, h), p.dtype, p.head_dim);
-          }
-      return "";
-    }
-    // D for every (batch, head, row): written by pass 1, read by pass 2.
-    std::vector<float> dsum(static_cast<size_t>(p.batch * p.num_heads * p.seqlen_q));
+    // Varlen rows no sequence attends have no gradient. (The passes below
+    // also cover a sequence with no queries: its keys get dK = dV = 0.)
+    for_each_unattended(p, /*q_side=*/true, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t h = 0; h < p.num_heads; ++h)
+          zero_row(p.dq, r * p.q_row_stride + h * p.q_head_stride, p.dtype, p.head_dim);
+    });
+    for_each_unattended(p, /*q_side=*/false, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t h = 0; h < p.num_heads_k; ++h) {
+          zero_row(p.dk, r * p.k_row_stride + h * p.k_head_stride, p.dtype, p.head_dim);
+          zero_row(p.dv, r * p.k_row_stride + h * p.k_head_stride, p.dtype, p.head_dim);
+        }
+    });
+    // D for every (head, row), laid out like the LSE: written by pass 1,
+    // read by pass 2.
+    std::vector<float> dsum(static_cast<size_t>(p.lse_elems()));
 
     // Pass 1: dQ and D.
     {
-      const int64_t nqb = ceil_div(p.seqlen_q, kBlockQ);
-      const int64_t nkb = ceil_div(p.seqlen_k, kBlockK);
-      const int64_t items = p.batch * p.num_heads * nqb;
-      const int workers = plan_workers(items);
+      const int64_t nkb = ceil_div(max_len_k(seqs), kBlockK);
+      const Schedule sched(seqs, p.num_heads, kBlockQ, /*q_side=*/true);
+      const int workers = plan_workers(sched.size());
       std::vector<DqScratch> scratch;
       scratch.reserve(workers);
       for (int i = 0; i < workers; ++i) scratch.emplace_back(dp, nkb, workers);
-      err = parallel_for(items, workers, [&](int64_t item, int worker) {
-        // Consecutive items share (batch, head) for the K/V cache; heavy
+      err = parallel_for(sched.size(), workers, [&](int64_t item, int worker) {
+        // Consecutive items share (sequence, head) for the K/V cache; heavy
         // (late, under causal) query blocks first, as in the forward.
-        const int64_t qb = nqb - 1 - item % nqb;
-        const int64_t bh = item / nqb;
-        const int64_t h = bh % p.num_heads, b = bh / p.num_heads;
-        const int64_t q0 = qb * kBlockQ;
-        const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, p.seqlen_q - q0));
-        dq_tile(p, mask, b, h, q0, mq, dsum.data(), scratch[worker]);
+        const Schedule::Item it = sched.at(item);
+        const Seq& s = seqs[static_cast<size_t>(it.seq)];
+        const int64_t q0 = (it.nblocks - 1 - it.block) * kBlockQ;
+        const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, s.len_q - q0));
+        dq_tile(p, s, it.seq, it.head, q0, mq, dsum.data(), scratch[worker]);
       });
       if (!err.empty()) return "CPU backward (dQ) failed: " + err;
     }
 
     // Pass 2: dK and dV.
     {
-      const int64_t nkb = ceil_div(p.seqlen_k, kBlockK);
-      const int64_t q_tiles = p.h_h_k_ratio * ceil_div(p.seqlen_q, kBlockQ);
-      const int64_t items = p.batch * p.num_heads_k * nkb;
-      const int workers = plan_workers(items);
+      const int64_t q_tiles = p.h_h_k_ratio * ceil_div(max_len_q(seqs), kBlockQ);
+      const Schedule sched(seqs, p.num_heads_k, kBlockK, /*q_side=*/false);
+      const int workers = plan_workers(sched.size());
       std::vector<DkvScratch> scratch;
       scratch.reserve(workers);
       for (int i = 0; i < workers; ++i) scratch.emplace_back(dp, q_tiles, workers);
-      err = parallel_for(items, workers, [&](int64_t item, int worker) {
-        // Consecutive items share (batch, kv head) for the Q/dO cache; early
-        // key blocks first: under a causal mask they are seen by the most
-        // query rows.
-        const int64_t kb = item % nkb;
-        const int64_t bh = item / nkb;
-        const int64_t kvh = bh % p.num_heads_k, b = bh / p.num_heads_k;
-        const int64_t k0 = kb * kBlockK;
-        const int nk = static_cast<int>(std::min<int64_t>(kBlockK, p.seqlen_k - k0));
-        dkv_tile(p, mask, b, kvh, k0, nk, dsum.data(), scratch[worker]);
+      err = parallel_for(sched.size(), workers, [&](int64_t item, int worker) {
+        // Consecutive items share (sequence, kv head) for the Q/dO cache;
+        // early key blocks first: under a causal mask they are seen by the
+        // most query rows.
+        const Schedule::Item it = sched.at(item);
+        const Seq& s = seqs[static_cast<size_t>(it.seq)];
+        const int64_t k0 = it.block * kBlockK;
+        const int nk = static_cast<int>(std::min<int64_t>(kBlockK, s.len_k - k0));
+        dkv_tile(p, s, it.seq, it.head, k0, nk, dsum.data(), scratch[worker]);
       });
       if (!err.empty()) return "CPU backward (dK, dV) failed: " + err;
     }

@@ -1,13 +1,15 @@
 // CPU forward: flash-style attention with an online softmax.
 //
-// One work item = one (batch, head, block of kBlockQ query rows). It walks
+// One work item = one (sequence, head, block of kBlockQ query rows), a
+// sequence being a batch entry or one packed varlen sequence (seqs.h). It walks
 // the key blocks the mask lets those rows see, keeping per row a running max
 // m and running sum l of exp(s - m) and an fp32 output accumulator that is
 // rescaled by exp(m_old - m_new) whenever the max grows. Memory is one set
 // of tiles per worker: never a seqlen_q x seqlen_k matrix.
 //
 // Output: out = acc / l rounded to the input dtype, lse = m + log(l) (natural
-// log, fp32). Rows that see no key (mask.h) get out = 0 and lse = -inf.
+// log, fp32). Rows that see no key (mask.h) get out = 0 and lse = -inf, and
+// so do the packed rows no sequence attends (varlen padding).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -19,6 +21,7 @@
 #include "cc/cpu/cpu_backend.h"
 #include "cc/cpu/kernels.h"
 #include "cc/cpu/parallel.h"
+#include "cc/cpu/seqs.h"
 #include "cc/cpu/tile.h"
 
 namespace jax_fa3::cpu {
@@ -47,8 +50,11 @@ struct FwdScratch {
   TileCache kv;
 };
 
-void fwd_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, int64_t q0,
+// Rows [q0, q0 + mq) of head h of sequence seq (seq_index: its place in the
+// Seq list, which keys the K/V cache).
+void fwd_tile(const AttnParams& p, const Seq& seq, int64_t seq_index, int64_t h, int64_t q0,
               int mq, FwdScratch& w) {
+  const MaskSpec& mask = seq.mask;
   const int d = static_cast<int>(p.head_dim);
   const int dp = round_up8(d);
   const int64_t kvh = h / p.h_h_k_ratio;
@@ -56,7 +62,7 @@ void fwd_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, i
   float* acc = w.acc.data();
   float* s = w.s.data();
 
-  load_tile(p.q, p.dtype, q_offset(p, b, q0, h), p.q_row_stride, mq, d, q, dp);
+  load_tile(p.q, p.dtype, seq.q_off(p, q0, h), p.q_row_stride, mq, d, q, dp);
   std::fill(acc, acc + static_cast<size_t>(mq) * dp, 0.0f);
   std::fill(w.m.begin(), w.m.begin() + mq, kNegInf);
   std::fill(w.l.begin(), w.l.begin() + mq, 0.0f);
@@ -68,13 +74,13 @@ void fwd_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, i
 
   for (int64_t kb = c_begin / kBlockK; kb * kBlockK < c_end; ++kb) {
     const int64_t k0 = kb * kBlockK;
-    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, p.seqlen_k - k0));
+    const int nk = static_cast<int>(std::min<int64_t>(kBlockK, seq.len_k - k0));
     const int nkp = round_up8(nk);
     bool hit;
-    float* kt = w.kv.get(b * p.num_heads_k + kvh, kb, &hit);
+    float* kt = w.kv.get(seq_index * p.num_heads_k + kvh, kb, &hit);
     float* v = kt + static_cast<size_t>(dp) * kBlockK;
     if (!hit) {
-      const int64_t koff = k_offset(p, b, k0, kvh);
+      const int64_t koff = seq.k_off(p, k0, kvh);
       load_tile(p.k, p.dtype, koff, p.k_row_stride, nk, d, w.kstage.data(), dp);
       transpose_tile(w.kstage.data(), dp, nk, dp, kt, kBlockK);
       load_tile(p.v, p.dtype, koff, p.k_row_stride, nk, d, v, dp);
@@ -116,7 +122,7 @@ void fwd_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, i
   }
 
   // Normalise and write back.
-  float* lse = p.lse + lse_offset(p, b, h) + q0;
+  float* lse = p.lse + seq.lse_off(p, h) + q0;
   for (int i = 0; i < mq; ++i) {
     float* arow = acc + static_cast<int64_t>(i) * dp;
     if (w.l[i] > 0.0f) {
@@ -129,7 +135,7 @@ void fwd_tile(const AttnParams& p, const MaskSpec& mask, int64_t b, int64_t h, i
       lse[i] = kNegInf;
     }
   }
-  store_tile(p.out, p.dtype, q_offset(p, b, q0, h), p.q_row_stride, mq, d, acc, dp);
+  store_tile(p.out, p.dtype, seq.q_off(p, q0, h), p.q_row_stride, mq, d, acc, dp);
 }
 
 }  // namespace
@@ -139,26 +145,32 @@ std::string run_fwd(const AttnParams& p) {
   if (!err.empty()) return err;
   if (p.q_elems() == 0) return "";
   try {
-    const MaskSpec mask = mask_of(p);
+    const std::vector<Seq> seqs = make_seqs(p);
+    // Varlen rows outside every sequence: out 0, lse -inf (as an empty row).
+    for_each_unattended(p, /*q_side=*/true, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t h = 0; h < p.num_heads; ++h) {
+          zero_row(p.out, r * p.q_row_stride + h * p.q_head_stride, p.dtype, p.head_dim);
+          p.lse[h * p.lse_head_stride + r] = kNegInf;
+        }
+    });
     const int dp = round_up8(p.head_dim);
-    const int64_t nqb = ceil_div(p.seqlen_q, kBlockQ);
-    const int64_t nkb = ceil_div(p.seqlen_k, kBlockK);
-    const int64_t items = p.batch * p.num_heads * nqb;
-    const int workers = plan_workers(items);
+    const int64_t nkb = ceil_div(max_len_k(seqs), kBlockK);
+    const Schedule sched(seqs, p.num_heads, kBlockQ, /*q_side=*/true);
+    const int workers = plan_workers(sched.size());
     std::vector<FwdScratch> scratch;
     scratch.reserve(workers);
     for (int i = 0; i < workers; ++i) scratch.emplace_back(dp, nkb, workers);
 
-    return parallel_for(items, workers, [&](int64_t item, int worker) {
-      // Consecutive items share (batch, head), so a worker's K/V cache hits.
-      // Within a head, last query blocks first: under a causal mask they see
-      // the most keys, and handing them out early evens out the end.
-      const int64_t qb = nqb - 1 - item % nqb;
-      const int64_t bh = item / nqb;
-      const int64_t h = bh % p.num_heads, b = bh / p.num_heads;
-      const int64_t q0 = qb * kBlockQ;
-      const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, p.seqlen_q - q0));
-      fwd_tile(p, mask, b, h, q0, mq, scratch[worker]);
+    return parallel_for(sched.size(), workers, [&](int64_t item, int worker) {
+      // Consecutive items share (sequence, head), so a worker's K/V cache
+      // hits. Within a head, last query blocks first: under a causal mask
+      // they see the most keys, and handing them out early evens out the end.
+      const Schedule::Item it = sched.at(item);
+      const Seq& s = seqs[static_cast<size_t>(it.seq)];
+      const int64_t q0 = (it.nblocks - 1 - it.block) * kBlockQ;
+      const int mq = static_cast<int>(std::min<int64_t>(kBlockQ, s.len_q - q0));
+      fwd_tile(p, s, it.seq, it.head, q0, mq, scratch[worker]);
     });
   } catch (const std::bad_alloc&) {
     return "out of host memory in the CPU forward";

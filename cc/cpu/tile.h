@@ -1,6 +1,7 @@
 // Tile plumbing shared by the CPU forward and backward: block sizes,
 // parameter checks, and copies between the (batch, seqlen, heads, head_dim)
-// tensors and contiguous fp32 tiles.
+// or packed (total, heads, head_dim) tensors and contiguous fp32 tiles
+// (element offsets come from a Seq, seqs.h).
 //
 // Tiles are padded so the matmul kernel (kernels.h) never needs a column
 // tail narrower than 8: the feature dimension is padded to a multiple of 8
@@ -15,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "cc/common/mask.h"
 #include "cc/common/params.h"
+#include "cc/common/varlen.h"
 #include "cc/cpu/dtype.h"
 
 namespace jax_fa3::cpu {
@@ -29,11 +30,6 @@ constexpr int kBlockK = 64;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int round_up8(int64_t x) { return static_cast<int>((x + 7) / 8 * 8); }
-
-// The mask for these params, normalised once (see mask.h).
-inline MaskSpec mask_of(const AttnParams& p) {
-  return MaskSpec::make(p.seqlen_q, p.seqlen_k, p.causal, p.window_left, p.window_right);
-}
 
 // Checks what the kernels rely on; the FFI layer validates too, this guards
 // other callers (tests, future entry points). "" when fine.
@@ -59,19 +55,9 @@ inline std::string check_params(const AttnParams& p, bool backward) {
       return "dout, out, lse or dq is null";
     if (any_k && (!p.dk || !p.dv)) return "dk or dv is null";
   }
-  return "";
-}
-
-// Element offsets of (batch b, row r, head h) in the q-like and k-like
-// tensors (the last dim is contiguous).
-inline int64_t q_offset(const AttnParams& p, int64_t b, int64_t r, int64_t h) {
-  return b * p.q_batch_stride + r * p.q_row_stride + h * p.q_head_stride;
-}
-inline int64_t k_offset(const AttnParams& p, int64_t b, int64_t r, int64_t h) {
-  return b * p.k_batch_stride + r * p.k_row_stride + h * p.k_head_stride;
-}
-inline int64_t lse_offset(const AttnParams& p, int64_t b, int64_t h) {
-  return b * p.lse_batch_stride + h * p.lse_head_stride;
+  // Varlen: the offsets are host memory here, and every row index the
+  // kernels form comes from them, so they are checked before any access.
+  return check_varlen_offsets(p);
 }
 
 // dst[n x ld] <- n rows of d elements starting at element `off`, rows

@@ -5,8 +5,6 @@
 
 namespace jax_fa3::ffi_glue {
 
-namespace {
-
 std::string dims_str(ffi::AnyBuffer::Dimensions d) {
   std::string s = "(";
   for (size_t i = 0; i < d.size(); ++i) {
@@ -19,6 +17,8 @@ std::string dims_str(ffi::AnyBuffer::Dimensions d) {
 ffi::Error invalid(const std::string& msg) {
   return ffi::Error::InvalidArgument("jax_fa3: " + msg);
 }
+
+namespace {
 
 bool to_dtype(ffi::DataType t, DType* out) {
   switch (t) {
@@ -73,6 +73,23 @@ ffi::Error fill_common(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   if (kd[r - 1] != p->head_dim)
     return invalid("k head_dim " + std::to_string(kd[r - 1]) + " != q head_dim " +
                    std::to_string(p->head_dim));
+  if (p->seqlen_q <= 0 || p->seqlen_k <= 0 || p->batch <= 0)
+    return invalid("batch, seqlen_q and seqlen_k must be positive; got q " + dims_str(qd) +
+                   ", k " + dims_str(kd));
+  JAX_FA3_RETURN_IF_ERROR(fill_shared(q, k, v, a, cuda, p));
+  p->q_head_stride = p->head_dim;
+  p->q_row_stride = p->num_heads * p->head_dim;
+  p->q_batch_stride = p->seqlen_q * p->q_row_stride;
+  p->k_head_stride = p->head_dim;
+  p->k_row_stride = p->num_heads_k * p->head_dim;
+  p->k_batch_stride = p->seqlen_k * p->k_row_stride;
+  p->lse_head_stride = p->seqlen_q;
+  p->lse_batch_stride = p->num_heads * p->seqlen_q;
+  return ffi::Error::Success();
+}
+
+ffi::Error fill_shared(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, const Attrs& a,
+                       bool cuda, AttnParams* p) {
   if (p->num_heads_k <= 0 || p->num_heads % p->num_heads_k != 0)
     return invalid("heads of q (" + std::to_string(p->num_heads) +
                    ") must be a positive multiple of heads of k/v (" +
@@ -80,9 +97,6 @@ ffi::Error fill_common(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   if (p->head_dim <= 0 || p->head_dim > 256 || p->head_dim % 8 != 0)
     return invalid("head_dim must be a multiple of 8 in [8, 256], got " +
                    std::to_string(p->head_dim));
-  if (p->seqlen_q <= 0 || p->seqlen_k <= 0 || p->batch <= 0)
-    return invalid("batch, seqlen_q and seqlen_k must be positive; got q " + dims_str(qd) +
-                   ", k " + dims_str(kd));
   if (q.element_type() != k.element_type() || q.element_type() != v.element_type())
     return invalid("q, k, v must have the same dtype");
   if (!to_dtype(q.element_type(), &p->dtype))
@@ -98,14 +112,6 @@ ffi::Error fill_common(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
     return invalid("window_size entries must be >= -1 (-1 = unbounded)");
 
   p->h_h_k_ratio = p->num_heads / p->num_heads_k;
-  p->q_head_stride = p->head_dim;
-  p->q_row_stride = p->num_heads * p->head_dim;
-  p->q_batch_stride = p->seqlen_q * p->q_row_stride;
-  p->k_head_stride = p->head_dim;
-  p->k_row_stride = p->num_heads_k * p->head_dim;
-  p->k_batch_stride = p->seqlen_k * p->k_row_stride;
-  p->lse_head_stride = p->seqlen_q;
-  p->lse_batch_stride = p->num_heads * p->seqlen_q;
   p->softmax_scale = a.softmax_scale;
   p->causal = a.causal;
   p->window_left = a.window_left;
@@ -139,6 +145,14 @@ ffi::Error expect_like(const char* name, ffi::Result<ffi::AnyBuffer> buf,
 
 static ffi::Error lse_impl(const char* name, ffi::AnyBuffer::Dimensions d,
                            const AttnParams& p, ffi::AnyBuffer q) {
+  if (p.is_varlen) {
+    // Packed: (heads, total_q), as FA3's varlen LSE.
+    if (d.size() != 2 || d[0] != p.num_heads || d[1] != p.total_q)
+      return invalid(std::string(name) + " must be float32 of shape (heads=" +
+                     std::to_string(p.num_heads) + ", total_q=" + std::to_string(p.total_q) +
+                     "), got " + dims_str(d));
+    return ffi::Error::Success();
+  }
   auto qd = q.dimensions();
   size_t r = qd.size();
   bool ok = d.size() == r - 1;

@@ -2,16 +2,21 @@
 // call the backend. Thin on purpose: no math here.
 //
 // Contract with jax_fa3/primitives.py:
-//   fwd: (q, k, v) -> (out, lse)
-//   bwd: (q, k, v, out, lse, dout) -> (dq, dk, dv)
+//   fwd: (q, k, v, *offsets) -> (out, lse)
+//   bwd: (q, k, v, out, lse, dout, *offsets) -> (dq, dk, dv)
 //   attrs: softmax_scale f32, causal bool, window_left i32, window_right i32,
-//          softcap f32 (+ deterministic bool for bwd)
+//          softcap f32, varlen bool, max_seqlen_q i32, max_seqlen_k i32,
+//          has_seqused_q bool, has_seqused_k bool (+ deterministic bool for bwd)
+// `offsets` is empty for dense (batch..., seqlen, heads, d) inputs and holds
+// cu_seqlens_q, cu_seqlens_k[, seqused_q][, seqused_k] for packed ones
+// (fill_varlen.h), so each platform and pass keeps a single handler.
 #include "cc/ffi/handlers.h"
 
 #include <string>
 
 #include "cc/cpu/cpu_backend.h"
 #include "cc/ffi/fill_params.h"
+#include "cc/ffi/fill_varlen.h"
 #include "cc/hopper/api.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -23,21 +28,26 @@ typedef struct CUstream_st* cudaStream_t;
 namespace jax_fa3::ffi_glue {
 namespace {
 
-#define JAX_FA3_RETURN_IF_ERROR(expr)      \
-  do {                                      \
-    ffi::Error _e = (expr);                 \
-    if (_e.failure()) return _e;            \
-  } while (0)
-
 ffi::Error from_message(const std::string& msg) {
   if (msg.empty()) return ffi::Error::Success();
   return ffi::Error::Internal("jax_fa3: " + msg);
 }
 
+// The Hopper backend has no varlen path yet (its kernels would need
+// per-sequence offsets in the tile scheduler and TMA descriptors); refuse
+// clearly instead of running the dense kernel on packed data.
+ffi::Error refuse_varlen_on_cuda(const AttnParams& p) {
+  if (!p.is_varlen) return ffi::Error::Success();
+  return ffi::Error(ffi::ErrorCode::kUnimplemented,
+                    "jax_fa3: varlen (cu_seqlens / seqused, or segment_ids) is not supported "
+                    "by the Hopper backend yet; run it on the CPU backend");
+}
+
 ffi::Error fill_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                    ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
-                    const Attrs& a, bool cuda, AttnParams* p) {
-  JAX_FA3_RETURN_IF_ERROR(fill_common(q, k, v, a, cuda, p));
+                    const ffi::RemainingArgs& offsets, ffi::Result<ffi::AnyBuffer> out,
+                    ffi::Result<ffi::Buffer<ffi::F32>> lse, const Attrs& a,
+                    const VarlenAttrs& va, bool cuda, AttnParams* p) {
+  JAX_FA3_RETURN_IF_ERROR(fill_layout(q, k, v, offsets, va, a, cuda, p));
   JAX_FA3_RETURN_IF_ERROR(expect_like("out", out, "q", q));
   JAX_FA3_RETURN_IF_ERROR(expect_lse("lse", lse, *p, q));
   p->out = out->untyped_data();
@@ -47,10 +57,11 @@ ffi::Error fill_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
 
 ffi::Error fill_bwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
                     ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer dout,
-                    ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                    ffi::Result<ffi::AnyBuffer> dv, const Attrs& a, bool deterministic,
-                    bool cuda, AttnParams* p) {
-  JAX_FA3_RETURN_IF_ERROR(fill_common(q, k, v, a, cuda, p));
+                    const ffi::RemainingArgs& offsets, ffi::Result<ffi::AnyBuffer> dq,
+                    ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                    const Attrs& a, const VarlenAttrs& va, bool deterministic, bool cuda,
+                    AttnParams* p) {
+  JAX_FA3_RETURN_IF_ERROR(fill_layout(q, k, v, offsets, va, a, cuda, p));
   JAX_FA3_RETURN_IF_ERROR(expect_like("out", out, "q", q));
   JAX_FA3_RETURN_IF_ERROR(expect_like("dout", dout, "q", q));
   JAX_FA3_RETURN_IF_ERROR(expect_lse("lse", lse, *p, q));
@@ -68,56 +79,69 @@ ffi::Error fill_bwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::A
 }
 
 ffi::Error FwdCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                      ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
-                      float softmax_scale, bool causal, int32_t window_left,
-                      int32_t window_right, float softcap) {
+                      ffi::RemainingArgs offsets, ffi::Result<ffi::AnyBuffer> out,
+                      ffi::Result<ffi::Buffer<ffi::F32>> lse, float softmax_scale, bool causal,
+                      int32_t window_left, int32_t window_right, float softcap, bool varlen,
+                      int32_t max_seqlen_q, int32_t max_seqlen_k, bool has_seqused_q,
+                      bool has_seqused_k) {
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
-  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, out, lse, a, /*cuda=*/false, &p));
+  VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
+  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, /*cuda=*/false, &p));
   return from_message(cpu::run_fwd(p));
 }
 
 ffi::Error BwdCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                       ffi::AnyBuffer out, ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer dout,
-                      ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                      ffi::Result<ffi::AnyBuffer> dv, float softmax_scale, bool causal,
-                      int32_t window_left, int32_t window_right, float softcap,
+                      ffi::RemainingArgs offsets, ffi::Result<ffi::AnyBuffer> dq,
+                      ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                      float softmax_scale, bool causal, int32_t window_left,
+                      int32_t window_right, float softcap, bool varlen, int32_t max_seqlen_q,
+                      int32_t max_seqlen_k, bool has_seqused_q, bool has_seqused_k,
                       bool deterministic) {
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
-  JAX_FA3_RETURN_IF_ERROR(
-      fill_bwd(q, k, v, out, lse, dout, dq, dk, dv, a, deterministic, false, &p));
+  VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
+  JAX_FA3_RETURN_IF_ERROR(fill_bwd(q, k, v, out, lse, dout, offsets, dq, dk, dv, a, va,
+                                   deterministic, /*cuda=*/false, &p));
   return from_message(cpu::run_bwd(p));
 }
 
 ffi::Error FwdCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
-                       ffi::AnyBuffer v, ffi::Result<ffi::AnyBuffer> out,
-                       ffi::Result<ffi::Buffer<ffi::F32>> lse, float softmax_scale,
-                       bool causal, int32_t window_left, int32_t window_right,
-                       float softcap) {
+                       ffi::AnyBuffer v, ffi::RemainingArgs offsets,
+                       ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
+                       float softmax_scale, bool causal, int32_t window_left,
+                       int32_t window_right, float softcap, bool varlen, int32_t max_seqlen_q,
+                       int32_t max_seqlen_k, bool has_seqused_q, bool has_seqused_k) {
   JAX_FA3_RETURN_IF_ERROR(from_message(hopper::check_device()));
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
-  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, out, lse, a, /*cuda=*/true, &p));
+  VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
+  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, /*cuda=*/true, &p));
+  JAX_FA3_RETURN_IF_ERROR(refuse_varlen_on_cuda(p));
   return from_message(hopper::run_fwd(p, stream));
 }
 
 ffi::Error BwdCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::AnyBuffer q,
                        ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer out,
                        ffi::Buffer<ffi::F32> lse, ffi::AnyBuffer dout,
-                       ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
-                       ffi::Result<ffi::AnyBuffer> dv, float softmax_scale, bool causal,
-                       int32_t window_left, int32_t window_right, float softcap,
+                       ffi::RemainingArgs offsets, ffi::Result<ffi::AnyBuffer> dq,
+                       ffi::Result<ffi::AnyBuffer> dk, ffi::Result<ffi::AnyBuffer> dv,
+                       float softmax_scale, bool causal, int32_t window_left,
+                       int32_t window_right, float softcap, bool varlen, int32_t max_seqlen_q,
+                       int32_t max_seqlen_k, bool has_seqused_q, bool has_seqused_k,
                        bool deterministic) {
   JAX_FA3_RETURN_IF_ERROR(from_message(hopper::check_device()));
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
-  JAX_FA3_RETURN_IF_ERROR(
-      fill_bwd(q, k, v, out, lse, dout, dq, dk, dv, a, deterministic, true, &p));
+  VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
+  JAX_FA3_RETURN_IF_ERROR(fill_bwd(q, k, v, out, lse, dout, offsets, dq, dk, dv, a, va,
+                                   deterministic, /*cuda=*/true, &p));
+  JAX_FA3_RETURN_IF_ERROR(refuse_varlen_on_cuda(p));
   size_t bytes = hopper::bwd_workspace_bytes(p);
   if (bytes > 0) {
     // XLA's allocator: no cudaMalloc in our code, and safe under graphs.
-    auto mem = scratch.Allocate(bytes, /*alignment=*/256);
+    auto mem = scratch.Allocate(bytes, /*alignment=*/16);
     if (!mem.has_value())
       return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_fa3: could not allocate " +
                                            std::to_string(bytes) +
@@ -134,20 +158,27 @@ ffi::Error BwdCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
 namespace ffi = xla::ffi;
 using namespace jax_fa3::ffi_glue;  // NOLINT: the *Impl functions above
 
-#define JAX_FA3_FWD_ATTRS                  \
-  .Attr<float>("softmax_scale")            \
-      .Attr<bool>("causal")                \
-      .Attr<int32_t>("window_left")        \
-      .Attr<int32_t>("window_right")       \
-      .Attr<float>("softcap")
+// Attributes of every call (forward and backward, dense and varlen).
+#define JAX_FA3_COMMON_ATTRS        \
+  .Attr<float>("softmax_scale")     \
+      .Attr<bool>("causal")         \
+      .Attr<int32_t>("window_left") \
+      .Attr<int32_t>("window_right") \
+      .Attr<float>("softcap")       \
+      .Attr<bool>("varlen")         \
+      .Attr<int32_t>("max_seqlen_q") \
+      .Attr<int32_t>("max_seqlen_k") \
+      .Attr<bool>("has_seqused_q")  \
+      .Attr<bool>("has_seqused_k")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3FwdCpu, FwdCpuImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_FWD_ATTRS);
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCpu, BwdCpuImpl,
                               ffi::Ffi::Bind()
@@ -157,9 +188,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCpu, BwdCpuImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() JAX_FA3_FWD_ATTRS
+                                  .Ret<ffi::AnyBuffer>() JAX_FA3_COMMON_ATTRS
                                   .Attr<bool>("deterministic"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3FwdCuda, FwdCudaImpl,
@@ -168,8 +200,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3FwdCuda, FwdCudaImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_FWD_ATTRS);
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCuda, BwdCudaImpl,
                               ffi::Ffi::Bind()
@@ -181,7 +214,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCuda, BwdCudaImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::AnyBuffer>()
+                                  .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>() JAX_FA3_FWD_ATTRS
+                                  .Ret<ffi::AnyBuffer>() JAX_FA3_COMMON_ATTRS
                                   .Attr<bool>("deterministic"));

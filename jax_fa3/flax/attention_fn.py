@@ -84,6 +84,20 @@ def check_dropout(dropout_rate: float, deterministic: bool) -> None:
         " dropout); set dropout_rate=0.0 or call with deterministic=True")
 
 
+def check_segment_ids(segment_ids: Any, *, uses_fa3: bool, decode: bool) -> None:
+  """segment_ids need the FA3 path and full-sequence attention."""
+  if segment_ids is None:
+    return
+  if not uses_fa3:
+    raise ValueError(
+        "segment_ids is a jax_fa3 option: with a custom attention_fn express"
+        " the segments as a mask instead")
+  if decode:
+    raise ValueError(
+        "segment_ids is not supported with decode=True (one cached token per"
+        " call); pass it to the full-sequence call")
+
+
 def check_is_causal(is_causal: bool, seqlen_q: int, seqlen_k: int) -> None:
   """flax's ``is_causal`` is top-left aligned (``jnp.tril``); FA3's causal is
   bottom-right aligned. They agree only when the lengths are equal."""
@@ -143,9 +157,14 @@ class FA3AttentionFn:
                force_fp32_for_softmax: bool = False,
                einsum_dot_general: Callable[..., Any] | None = None,
                qk_attn_weights_einsum: Callable[..., Any] | None = None,
-               attn_weights_value_einsum: Callable[..., Any] | None = None):
+               attn_weights_value_einsum: Callable[..., Any] | None = None,
+               *,
+               segment_ids: Any = None):
     """Same signature as ``flax.nnx.dot_product_attention`` /
-    ``flax.linen.dot_product_attention`` (the union of both).
+    ``flax.linen.dot_product_attention`` (the union of both), plus the
+    keyword-only ``segment_ids`` of ``jax_fa3.attention`` (packed sequences:
+    one int32 (batch..., length) array, or a (q, kv) pair), which the stock
+    layers never pass but a direct caller may.
 
     ``query`` (batch..., q_length, num_heads, head_dim), ``key``/``value``
     (batch..., kv_length, num_kv_heads, head_dim) with ``num_heads %
@@ -180,7 +199,8 @@ class FA3AttentionFn:
                          softmax_scale=self.softmax_scale,
                          causal=self.causal or bool(is_causal),
                          window_size=self.window_size,
-                         softcap=self.softcap)
+                         softcap=self.softcap,
+                         segment_ids=segment_ids)
 
 
 def make_attention_fn(*,

@@ -108,6 +108,7 @@ class FA3MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
       deterministic: bool | None = None,
       dropout_rng: PRNGKey | None = None,
       sow_weights: bool = False,
+      segment_ids: Any = None,
   ) -> jax.Array:
     """Applies multi-head attention; arguments as
     ``flax.linen.MultiHeadDotProductAttention.__call__``.
@@ -122,6 +123,11 @@ class FA3MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
         off on the FA3 path.
       dropout_rng: unused on the FA3 path (no dropout); accepted for parity.
       sow_weights: must be False on the FA3 path.
+      segment_ids: jax_fa3 only (not in flax): packed sequences, an int32
+        (batch..., length) array for self-attention or a pair (q_segment_ids,
+        kv_segment_ids); tokens attend within their segment (see
+        ``jax_fa3.attention``). Not with a decode step or a custom
+        attention_fn.
 
     Returns:
       (batch..., q_length, out_features or features).
@@ -235,6 +241,8 @@ class FA3MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
     else:
       m_deterministic = True
 
+    afn.check_segment_ids(segment_ids, uses_fa3=use_fa3,
+                          decode=decode_index is not None)
     if use_fa3:
       query, key, value = afn.promote(query, key, value, self.dtype)
       if decode_index is not None:
@@ -242,7 +250,7 @@ class FA3MultiHeadDotProductAttention(nn.MultiHeadDotProductAttention):
             query, key, value, decode_index, window_left=fa3_fn.window_size[0],
             softcap=fa3_fn.softcap, softmax_scale=fa3_fn.softmax_scale)
       else:
-        x = fa3_fn(query, key, value)
+        x = fa3_fn(query, key, value, segment_ids=segment_ids)
     else:
       x = self._custom_attention(query, key, value, mask, dropout_rng,
                                  m_deterministic, sow_weights)

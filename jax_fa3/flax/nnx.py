@@ -179,6 +179,7 @@ class FA3MultiHeadAttention(nnx.MultiHeadAttention):
       out_sharding=None,
       qkv_sharding=None,
       input_positions=None,
+      segment_ids=None,
   ) -> jax.Array:
     """Applies multi-head attention; arguments as
     ``flax.nnx.MultiHeadAttention.__call__``.
@@ -198,11 +199,16 @@ class FA3MultiHeadAttention(nnx.MultiHeadAttention):
       input_positions: newer flax (>= 0.12.10) decodes at explicit cache
         positions; not supported on the FA3 path (ValueError if given), which
         decodes at the layer's cache index.
+      segment_ids: jax_fa3 only (not in flax): packed sequences, an int32
+        (batch..., length) array for self-attention or a pair (q_segment_ids,
+        kv_segment_ids); tokens attend within their segment (see
+        ``jax_fa3.attention``). Not with decode or a custom attention_fn.
 
     Returns:
       (batch..., q_length, out_features).
     """
     if not self.uses_fa3:
+      afn.check_segment_ids(segment_ids, uses_fa3=False, decode=False)
       # Only forward input_positions where the installed flax knows it.
       extra = {} if input_positions is None else {"input_positions": input_positions}
       return super().__call__(
@@ -257,6 +263,7 @@ class FA3MultiHeadAttention(nnx.MultiHeadAttention):
         FA3MultiHeadAttention as either a __call__ argument, class
         attribute, or nnx.flag.""")
 
+    afn.check_segment_ids(segment_ids, uses_fa3=True, decode=decode)
     if decode:
       x = self._decode_step(query, key, value)
     else:
@@ -266,7 +273,8 @@ class FA3MultiHeadAttention(nnx.MultiHeadAttention):
                             softmax_scale=self.softmax_scale,
                             causal=self.causal or bool(is_causal),
                             window_size=self.window_size,
-                            softcap=self.softcap)
+                            softcap=self.softcap,
+                            segment_ids=segment_ids)
     return self.out(x, out_sharding=out_sharding)
 
   def _decode_step(self, query, key, value):

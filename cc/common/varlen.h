@@ -1,0 +1,90 @@
+// Variable-length (packed) sequences: where sequence b lives in the packed
+// tensors and how much of it is attended, plus the validation of the offsets.
+// Shared by every backend (see params.h for the layout); mirrored by
+// jax_fa3/reference.py (attention_varlen).
+//
+// Conventions (FA3's flash_attn_varlen_func):
+//  * sequence b holds rows [cu_seqlens[b], cu_seqlens[b+1]) of the packed
+//    tensor: its allocated length;
+//  * seqused[b], when given, is how many of those rows are attended (the
+//    rest act as padding); without it all allocated rows are;
+//  * masks (mask.h) apply per sequence on its attended lengths, so causal is
+//    bottom-right aligned per sequence.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cc/common/mask.h"
+#include "cc/common/params.h"
+
+namespace jax_fa3 {
+
+struct SeqBounds {
+  int64_t q_start;  // first row of the sequence in the packed q
+  int64_t k_start;  // first row of the sequence in the packed k
+  int64_t len_q;    // attended query rows
+  int64_t len_k;    // attended key rows
+};
+
+// Bounds of sequence b. Host or device, raw pointers so a kernel can call it
+// with its own copies; used_q / used_k may be null.
+JAX_FA3_HD SeqBounds seq_bounds(const int32_t* cu_q, const int32_t* cu_k,
+                                const int32_t* used_q, const int32_t* used_k, int64_t b) {
+  SeqBounds s;
+  s.q_start = cu_q[b];
+  s.k_start = cu_k[b];
+  s.len_q = used_q ? used_q[b] : cu_q[b + 1] - cu_q[b];
+  s.len_k = used_k ? used_k[b] : cu_k[b + 1] - cu_k[b];
+  return s;
+}
+
+namespace varlen_detail {
+inline std::string check_side(const char* side, const int32_t* cu, const int32_t* used,
+                              int64_t n, int64_t total, int64_t max_len) {
+  const std::string s(side);
+  const std::string cu_name = "cu_seqlens_" + s;
+  if (cu[0] != 0) return cu_name + "[0] must be 0, got " + std::to_string(cu[0]);
+  for (int64_t b = 0; b < n; ++b) {
+    if (cu[b + 1] < cu[b])
+      return cu_name + " must be non-decreasing, but " + cu_name + "[" + std::to_string(b + 1) +
+             "] = " + std::to_string(cu[b + 1]) + " < " + cu_name + "[" + std::to_string(b) +
+             "] = " + std::to_string(cu[b]);
+  }
+  if (cu[n] > total)
+    return cu_name + "[-1] = " + std::to_string(cu[n]) + " is past the end of the packed " + s +
+           " (total_" + s + " = " + std::to_string(total) + " rows)";
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t alloc = static_cast<int64_t>(cu[b + 1]) - cu[b];
+    int64_t len = alloc;
+    if (used) {
+      len = used[b];
+      if (len < 0 || len > alloc)
+        return "seqused_" + s + "[" + std::to_string(b) + "] = " + std::to_string(len) +
+               " must be in [0, " + std::to_string(alloc) + "] (the length " + cu_name +
+               " allocates to sequence " + std::to_string(b) + ")";
+    }
+    if (len > max_len)
+      return "sequence " + std::to_string(b) + " has " + std::to_string(len) + " " + s +
+             " rows, more than max_seqlen_" + s + " = " + std::to_string(max_len);
+  }
+  return "";
+}
+}  // namespace varlen_detail
+
+// "" when the offsets of a varlen problem are consistent, else why not.
+// Reads cu_seqlens / seqused, so only for host pointers (the CPU backend);
+// the CUDA handler cannot afford a device-to-host copy per call.
+inline std::string check_varlen_offsets(const AttnParams& p) {
+  if (!p.is_varlen) return "";
+  if (p.num_seqs < 1) return "varlen needs at least one sequence";
+  if (!p.cu_seqlens_q || !p.cu_seqlens_k) return "cu_seqlens_q or cu_seqlens_k is null";
+  std::string err = varlen_detail::check_side("q", p.cu_seqlens_q, p.seqused_q, p.num_seqs,
+                                              p.total_q, p.max_seqlen_q);
+  if (err.empty())
+    err = varlen_detail::check_side("k", p.cu_seqlens_k, p.seqused_k, p.num_seqs, p.total_k,
+                                    p.max_seqlen_k);
+  return err;
+}
+
+}  // namespace jax_fa3
