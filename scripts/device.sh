@@ -10,6 +10,9 @@
 #   bwdcheck the backward harness (quick, sweep, determinism, memcheck) in the
 #            background, on the upper cores
 #   bwdbench the backward harness timings + racecheck (after bwdcheck)
+#   gpuall   every `gpu` test, four pytest processes sharing the GPU
+#   savelib  copy the built extension to $OUT (carry it to skip a rebuild)
+#   trainlm  examples.train_lm (h100-100m; fa3, cudnn, xla; 8k and 16k context)
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -72,6 +75,51 @@ for stage in "$@"; do
       $lowpin python3 -m pytest -q -rs -m gpu ${GPU_TEST_ARGS:-tests} >"$LOGS/test_gpu.log" 2>&1
       stamp "gpu tests: rc=$? $(tail -1 "$LOGS/test_gpu.log")"
       grep -E "^(FAILED|ERROR)" "$LOGS/test_gpu.log" | head -10 | cut -c1-300 | tee -a "$summary"
+      ;;
+    gpuall)
+      # Every `gpu` test (GPU_FWD_K: a -k filter for test_gpu.py), in five
+      # processes at once (the float64 references
+      # on the CPU are the slow part); no preallocation, so they share the GPU.
+      (export XLA_PYTHON_CLIENT_PREALLOCATE=false
+       python3 -m pytest -q -rs -m gpu tests/test_gpu.py ${GPU_FWD_K:+-k "$GPU_FWD_K"} \
+         >"$LOGS/gpu_fwd.log" 2>&1 &
+       python3 -m pytest -q -rs -m gpu tests/test_gpu_backward.py -k "sweep and (64 or 96 or 128)" \
+         >"$LOGS/gpu_bwd1.log" 2>&1 &
+       python3 -m pytest -q -rs -m gpu tests/test_gpu_backward.py -k "sweep and not (64 or 96 or 128)" \
+         >"$LOGS/gpu_bwd3.log" 2>&1 &
+       python3 -m pytest -q -rs -m gpu tests/test_gpu_backward.py -k "not sweep" >"$LOGS/gpu_bwd2.log" 2>&1 &
+       python3 -m pytest -q -rs -m gpu tests --ignore=tests/test_gpu.py \
+         --ignore=tests/test_gpu_backward.py >"$LOGS/gpu_other.log" 2>&1 &
+       wait)
+      for f in gpu_fwd gpu_bwd1 gpu_bwd3 gpu_bwd2 gpu_other; do
+        stamp "$f: $(tail -1 "$LOGS/$f.log")"
+        grep -E "^(FAILED|ERROR)" "$LOGS/$f.log" | head -8 | cut -c1-300 | tee -a "$summary"
+      done
+      ;;
+    trainlm)
+      # Issue 5's H100 run: the h100-100m preset at 8k and 16k context (same
+      # tokens per step), one run per attention implementation, same seed.
+      # TRAIN_IMPLS / TRAIN_STEPS / TRAIN_CTX override; results -> $OUT/train_lm.tar.gz.
+      tdir="$LOGS/train_lm"
+      mkdir -p "$tdir"
+      for ctx in ${TRAIN_CTX:-8192 16384}; do
+        for impl in ${TRAIN_IMPLS:-fa3 cudnn xla}; do
+          t0=$(date +%s)
+          timeout "${TRAIN_T:-240}" python3 -m jax_fa3.examples.train_lm --preset h100-100m \
+            --attention "$impl" --seq_len "$ctx" --batch_size $((32768 / ctx)) \
+            --steps "${TRAIN_STEPS:-300}" --eval_every "${TRAIN_EVAL_EVERY:-50}" \
+            --eval_batches 4 --progress=false --out_dir "$tdir" \
+            >"$tdir/train_${impl}_${ctx}.log" 2>&1
+          stamp "train_lm $impl ctx=$ctx: rc=$? in $(( $(date +%s) - t0 )) s: $(grep -iE "tokens/s|error" "$tdir/train_${impl}_${ctx}.log" | tail -1 | cut -c1-200)"
+        done
+        ls "$tdir"/train_*_"$ctx".json >/dev/null 2>&1 && python3 -m jax_fa3.examples.plot_lm \
+          "$tdir"/train_*_"$ctx".json --out "$tdir/compare_$ctx.png" >/dev/null 2>&1
+      done
+      tar -czf "$OUT/train_lm.tar.gz" -C "$tdir" .
+      ;;
+    savelib)
+      # The built extension, to carry into a later call instead of rebuilding.
+      python3 -c "import jax_fa3._jax_fa3_ext as e, shutil; shutil.copy(e.__file__, '$OUT')"
       ;;
     bench)
       $lowpin python3 -m benchmarks.attention --out_dir "$OUT" ${BENCH_FLAGS:-} >"$LOGS/bench.log" 2>&1

@@ -8,8 +8,10 @@
 // the whole chunk, asynchronously.
 //
 // The accumulator's layout is ours alone (only bwd_dq_convert_kernel reads
-// it), so it is stored in *fragment order*: element i of consumer thread t
-// sits at ((i / 4) * kThreads + t) * 4 + i % 4 of its (query block, chunk).
+// it), so it is stored in *fragment order*: each (query block, chunk) is two
+// halves, one per consumer warpgroup w, and element i of thread t of w sits
+// at w * half + ((i / 4) * 128 + t) * 4 + i % 4. Each warpgroup reduces its
+// own half, so the two need not synchronize for dQ.
 // The shared-memory writes are then conflict-free float4 stores, and the
 // chunk is one contiguous run of bytes in both memories, which is what the
 // plain (non-tensor) bulk reduce needs.
@@ -41,11 +43,6 @@ __device__ __forceinline__ void bulk_wait_complete() {
   asm volatile("cp.async.bulk.wait_group 0;" : : : "memory");
 }
 
-template <int kThreads>
-__device__ __forceinline__ int dq_frag_offset(int t, int i) {
-  return ((i >> 2) * kThreads + t) * 4 + (i & 3);
-}
-
 // Thread t's fp32 fragment -> shared memory in fragment order.
 template <int kThreads, class Frag>
 __device__ __forceinline__ void dq_frag_store(Frag const& frag, float* smem, int t) {
@@ -70,7 +67,7 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
   constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
-  constexpr int kThreads = Traits::kNumMmaThreads;
+  constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2;
   int const m = blockIdx.x, head = blockIdx.y, batch = blockIdx.z, t = threadIdx.x;
   int const bh = batch * num_heads + head;
   typename Traits::TiledMmadQ mma;
@@ -80,10 +77,11 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   Element* out = dq + batch * batch_stride + head * head_stride;
   CUTE_UNROLL
   for (int ch = 0; ch < kChunks; ++ch) {
-    const float4* src = reinterpret_cast<const float4*>(blk + ch * kBlockM * kChunk);
+    const float4* src =
+        reinterpret_cast<const float4*>(blk + ch * kBlockM * kChunk + (t / kWg) * kHalf);
     CUTE_UNROLL
     for (int j = 0; j < size(cQ) / 4; ++j) {
-      float4 v = src[j * kThreads + t];
+      float4 v = src[j * kWg + t % kWg];
       float vals[4] = {v.x, v.y, v.z, v.w};
       CUTE_UNROLL
       for (int k = 0; k < 4; ++k) {

@@ -123,6 +123,18 @@ struct BwdConsumer {
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
 
+    // lse2 / dPsum of this thread's rows: loaded at the top of each step,
+    // before the pipeline wait and the S/dP GEMMs, so their latency hides
+    // behind both (ncu: long-scoreboard stalls led when they sat between
+    // the GEMM issue and the softmax; loading one step ahead spilled).
+    float lse2[kRows], dsum[kRows];
+
+    // dQ goes out per warpgroup (each reduces its own half of the chunk), so
+    // the two warpgroups need not meet for it.
+    int const wg = tid / 128, wg_tid = tid % 128;
+    constexpr int kDqHalf = kBlockM * kDqChunk / 2;
+    float* smem_dq = ss.smem_dq.data() + wg * kDqHalf;
+
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
     PipelineState state;
     for (int m = m_lo; m < m_hi; ++m) {
@@ -131,19 +143,18 @@ struct BwdConsumer {
       Tensor s_rc = make_tensor(tSrS.data(), acc_rowcol(tSrS.layout()));
       Tensor dp_rc = make_tensor(tdPrdP.data(), acc_rowcol(tdPrdP.layout()));
 
-      pipe_q.consumer_wait(state);
-      wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
-      pipe_do.consumer_wait(state);
-      wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state.index()), tdPrV, tdPrdP);
-
       int const row0 = m * kBlockM;
-      float lse2[kRows], dsum[kRows];
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         int row = row0 + int(get<0>(cS_rc(r, 0)));  // < sq_pad: always in bounds
         lse2[r] = p.lse2[int64_t(bh) * p.sq_pad + row];
         dsum[r] = p.dpsum[int64_t(bh) * p.sq_pad + row];
       }
+      pipe_q.consumer_wait(state);
+      wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
+      pipe_do.consumer_wait(state);
+      wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state.index()), tdPrV, tdPrdP);
+
 
       warpgroup_wait<1>();  // S done
       // softcap: s <- cap * tanh(s * scale / cap) (scale_log2 is then log2 e).
@@ -180,7 +191,7 @@ struct BwdConsumer {
       // sP/sdS once every consumer got here; thread 0 first makes sure the
       // previous dQ bulk reduce has read smem_dq, so after this barrier
       // everyone may overwrite it.
-      if (tid == 0) tma_store_wait<0>();
+      if (wg_tid == 0) tma_store_wait<0>();
       cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
       {
         Tensor rP = make_tensor_like<Element>(tSrS);
@@ -206,43 +217,43 @@ struct BwdConsumer {
       ++state;
 
       // dQ partial -> smem in fragment order -> one bulk reduce-add per
-      // chunk into the fp32 accumulator (bwd_dq.h), issued by thread 0.
-      // Deterministic: the adds into one query block go in n_block order.
-      float* dq_blk = p.dq_accum + (int64_t(bh) * p.num_m + m) * (kBlockM * D);
+      // chunk and warpgroup into the fp32 accumulator (bwd_dq.h), issued by
+      // the warpgroup's first thread. Deterministic: the adds into one query
+      // block go in descending n_block order (see bwd_kernel for why); the
+      // two warpgroups add disjoint halves, so each CTA counts twice.
+      float* dq_blk = p.dq_accum + (int64_t(bh) * p.num_m + m) * (kBlockM * D) + wg * kDqHalf;
       int* sem = p.deterministic ? p.sem_dq + int64_t(bh) * p.num_m + m : nullptr;
       CUTE_UNROLL
       for (int ch = 0; ch < kDqChunks; ++ch) {
         if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
         warpgroup_wait<0>();
         if (ch > 0) {
-          if (tid == 0) tma_store_wait<0>();
-          cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDqEmpty));
+          if (wg_tid == 0) tma_store_wait<0>();
+          cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqEmpty) + wg);
         }
-        dq_frag_store<256>(tdQrdQ, ss.smem_dq.data(), tid);
+        dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
         cutlass::arch::fence_view_async_shared();
-        cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDqFull));
-        if (tid == 0) {
+        cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqFull) + wg);
+        if (wg_tid == 0) {
           if (ch == 0 && sem != nullptr) {
-            // Deterministic order: key blocks add into query block m from
-            // the last one (nmax - 1) down (see bwd_kernel for why).
             int nmin, nmax;
             p.mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
-            while (bwd_ld_acquire(sem) != nmax - 1 - n_block) {
+            while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
             }
           }
-          bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), ss.smem_dq.data(),
-                              uint32_t(kBlockM * kDqChunk * sizeof(float)));
+          bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), smem_dq,
+                              uint32_t(kDqHalf * sizeof(float)));
           tma_store_arrive();
         }
       }
-      if (sem != nullptr && tid == 0) {
+      if (sem != nullptr && wg_tid == 0) {
         bulk_wait_complete();
         __threadfence();
         atomicAdd(sem, 1);
       }
     }
     // smem must outlive the last bulk reduce's reads.
-    if (tid == 0) tma_store_wait<0>();
+    if (wg_tid == 0) tma_store_wait<0>();
 
     // dK, dV epilogue.
     Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));

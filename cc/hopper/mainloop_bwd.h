@@ -132,8 +132,8 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // all consumers: the previous step's GEMMs no longer read sP/sdS
   kPdSFull = 1,   // all consumers: sP/sdS written
   kSem = 2,       // all consumers: deterministic semaphore hand-off
-  kDqEmpty = 3,   // all consumers: the last bulk reduce has read smem_dq
-  kDqFull = 4,    // all consumers: smem_dq written
+  kDqEmpty = 3,   // one warpgroup (+ its index): its last bulk reduce has read smem_dq
+  kDqFull = 5,    // one warpgroup (+ its index): its half of smem_dq written
 };
 
 template <class Traits>
