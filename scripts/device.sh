@@ -108,7 +108,7 @@ for stage in "$@"; do
           timeout "${TRAIN_T:-240}" python3 -m jax_fa3.examples.train_lm --preset h100-100m \
             --attention "$impl" --seq_len "$ctx" --batch_size $((32768 / ctx)) \
             --steps "${TRAIN_STEPS:-300}" --eval_every "${TRAIN_EVAL_EVERY:-50}" \
-            --eval_batches 4 --progress=false --out_dir "$tdir" \
+            --warmup_steps 30 --eval_batches 4 --progress=false --out_dir "$tdir" \
             >"$tdir/train_${impl}_${ctx}.log" 2>&1
           stamp "train_lm $impl ctx=$ctx: rc=$? in $(( $(date +%s) - t0 )) s: $(grep -iE "tokens/s|error" "$tdir/train_${impl}_${ctx}.log" | tail -1 | cut -c1-200)"
         done
