@@ -77,15 +77,9 @@ def attention(q: jax.Array,
   causal = _validate.check_bool("causal", causal)
   return_lse = _validate.check_bool("return_lse", return_lse)
   deterministic = _validate.check_bool("deterministic", deterministic)
-  left, right = _validate.resolve_window(window_size)
-  cfg = primitives.AttnConfig(
-      softmax_scale=_validate.resolve_scale(softmax_scale, q.shape[-1]),
-      causal=causal,
-      window_left=left,
-      window_right=0 if causal else right,
-      softcap=_validate.resolve_softcap(softcap),
-      deterministic=deterministic,
-  )
+  cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,
+                                        window_size=window_size, softcap=softcap,
+                                        deterministic=deterministic)
   if segment_ids is not None:
     q_seg, kv_seg = _validate.check_segment_ids(segment_ids, q, k)
     if any(_validate.on_gpu(x) for x in (q, k, v)):

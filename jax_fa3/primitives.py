@@ -21,6 +21,7 @@ import numpy as np
 
 from jax_fa3 import _ffi
 from jax_fa3 import _guard
+from jax_fa3 import _validate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,17 @@ class AttnConfig:
   window_right: int
   softcap: float
   deterministic: bool = False
+
+  @classmethod
+  def from_args(cls, head_dim: int, *, softmax_scale, causal: bool, window_size, softcap,
+                deterministic: bool) -> "AttnConfig":
+    """Validated config from the public arguments (``causal`` and
+    ``deterministic`` already checked booleans); causal forces
+    window_right = 0 (mask.h)."""
+    left, right = _validate.resolve_window(window_size)
+    return cls(softmax_scale=_validate.resolve_scale(softmax_scale, head_dim), causal=causal,
+               window_left=left, window_right=0 if causal else right,
+               softcap=_validate.resolve_softcap(softcap), deterministic=deterministic)
 
   def ffi_attrs(self, varlen: "VarlenSpec | None" = None) -> dict:
     # FFI attributes must be numpy scalars of the handler's exact type. Every
@@ -91,14 +103,15 @@ def fwd_call(q, k, v, cfg: AttnConfig):
   return call(q, k, v, **cfg.ffi_attrs())
 
 
+def _grad_types(q, k, v):
+  """(dq, dk, dv) result types: the inputs' shapes and dtypes."""
+  return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v))
+
+
 def bwd_call(q, k, v, out, lse, dout, cfg: AttnConfig):
   """Raw backward: returns (dq, dk, dv) in the input dtype."""
   _ffi.extension()
-  out_types = (
-      jax.ShapeDtypeStruct(q.shape, q.dtype),
-      jax.ShapeDtypeStruct(k.shape, k.dtype),
-      jax.ShapeDtypeStruct(v.shape, v.dtype),
-  )
+  out_types = _grad_types(q, k, v)
   call = jax.ffi.ffi_call(_ffi.BWD_TARGET, out_types, vmap_method="broadcast_all")
   return call(q, k, v, out, lse, dout.astype(q.dtype),
               deterministic=np.bool_(cfg.deterministic), **cfg.ffi_attrs())
@@ -166,11 +179,7 @@ def varlen_bwd_call(q, k, v, out, lse, dout, cu_q, cu_k, used_q, used_k, cfg: At
                     spec: VarlenSpec):
   """Raw varlen backward: (dq, dk, dv) for the packed tensors."""
   _ffi.extension()
-  out_types = (
-      jax.ShapeDtypeStruct(q.shape, q.dtype),
-      jax.ShapeDtypeStruct(k.shape, k.dtype),
-      jax.ShapeDtypeStruct(v.shape, v.dtype),
-  )
+  out_types = _grad_types(q, k, v)
   call = jax.ffi.ffi_call(_ffi.BWD_TARGET, out_types, vmap_method="sequential")
   return call(q, k, v, out, lse, dout.astype(q.dtype), *_offsets(cu_q, cu_k, used_q, used_k),
               deterministic=np.bool_(cfg.deterministic), **cfg.ffi_attrs(spec))

@@ -80,19 +80,13 @@ def attention_varlen(q: jax.Array,
   causal = _validate.check_bool("causal", causal)
   return_lse = _validate.check_bool("return_lse", return_lse)
   deterministic = _validate.check_bool("deterministic", deterministic)
-  left, right = _validate.resolve_window(window_size)
   if any(_validate.on_gpu(x) for x in (q, k, v)):
     raise NotImplementedError(_guard.VARLEN_ON_CUDA)
   _validate.check_varlen_values(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                                 q.shape[0], k.shape[0], max_q, max_k)
-  cfg = primitives.AttnConfig(
-      softmax_scale=_validate.resolve_scale(softmax_scale, q.shape[-1]),
-      causal=causal,
-      window_left=left,
-      window_right=0 if causal else right,
-      softcap=_validate.resolve_softcap(softcap),
-      deterministic=deterministic,
-  )
+  cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,
+                                        window_size=window_size, softcap=softcap,
+                                        deterministic=deterministic)
   spec = primitives.VarlenSpec(max_seqlen_q=max_q, max_seqlen_k=max_k,
                                has_seqused_q=seqused_q is not None,
                                has_seqused_k=seqused_k is not None)

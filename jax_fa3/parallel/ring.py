@@ -366,11 +366,9 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
   deterministic = _validate.check_bool("deterministic", deterministic)
   if layout not in zigzag.LAYOUTS:
     raise ValueError(f"layout must be one of {zigzag.LAYOUTS}, got {layout!r}")
-  left, right = _validate.resolve_window(window_size)
-  cfg = primitives.AttnConfig(
-      softmax_scale=_validate.resolve_scale(softmax_scale, q.shape[-1]),
-      causal=causal, window_left=left, window_right=0 if causal else right,
-      softcap=_validate.resolve_softcap(softcap), deterministic=deterministic)
+  cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,
+                                        window_size=window_size, softcap=softcap,
+                                        deterministic=deterministic)
   out, lse = _ring(q, k, v, cfg, axis_name, layout)
   if return_lse:
     return out, jax.lax.stop_gradient(lse)
