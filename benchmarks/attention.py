@@ -40,6 +40,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from benchmarks import cli
 from benchmarks import plot as plot_lib
 from benchmarks import timing
 
@@ -344,25 +345,16 @@ def _error_summary(records) -> str:
       f"  {impl} x{n}: {msg}" for (impl, msg), n in sorted(seen.items()))
 
 
-def _apply_smoke() -> None:
-  for name, value in _SMOKE_OVERRIDES.items():
-    if not flags.FLAGS[name].present:
-      flags.FLAGS[name].value = value
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _SMOKE.value:
-    _apply_smoke()
+    cli.apply_smoke(_SMOKE_OVERRIDES)
   impls = [i.strip() for i in _IMPLS.value if i.strip()]
   for i in impls:
     if i not in ALL_IMPLS:
       raise app.UsageError(f"--impls: unknown {i!r}; known: {ALL_IMPLS}")
-  modes = [m.strip() for m in _MODES.value]
-  for m in modes:
-    if m not in ("fwd", "bwd"):
-      raise app.UsageError(f"--modes: fwd/bwd, got {m!r}")
+  modes = cli.parse_modes(_MODES.value)
   head_dims = _parse_ints(_HEAD_DIMS.value, "head_dims")
   seqlens = _parse_ints(_SEQLENS.value, "seqlens")
   causals = {"both": [False, True], "true": [True],

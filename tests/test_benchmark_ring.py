@@ -1,0 +1,69 @@
+"""benchmarks/ring.py (sequence-parallel weak scaling) in its CPU smoke mode.
+
+The benchmark needs several devices, fixed when the CPU backend starts, so
+it runs in a fresh interpreter with 4 forced host devices (the environment
+of tests/_multiprocess_worker.py). About 20 s on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+import _multiprocess_worker as mpw
+
+N = 4
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(mpw.in_child(), reason="the multi-device child runs other modules")
+def test_ring_benchmark_smoke(tmp_path):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={N}").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  r = subprocess.run([sys.executable, "-m", "benchmarks.ring", "--smoke",
+                      f"--out_dir={tmp_path}", "--tag=cpu"],
+                     env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+  assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+  assert "ring attention weak scaling" in r.stdout  # the table was printed
+
+  with open(tmp_path / f"ring-cpu-x{N}.json") as f:
+    records = json.load(f)
+  assert all(not rec.get("error") for rec in records), records
+  rings = [rec for rec in records if rec["impl"] == "ring"]
+  singles = {(rec["global_seqlen"], rec["causal"], rec["mode"]): rec
+             for rec in records if rec["impl"] == "single"}
+  # --causal both x --modes fwd,bwd; zigzag for causal, contiguous otherwise.
+  assert {(rec["causal"], rec["mode"], rec["layout"]) for rec in rings} == {
+      (False, "fwd", "contiguous"), (False, "bwd", "contiguous"),
+      (True, "fwd", "zigzag"), (True, "bwd", "zigzag")}
+  for rec in rings:
+    tpd = rec["tokens_per_device"]
+    assert rec["n_devices"] == N and rec["global_seqlen"] == N * tpd
+    assert rec["dtype"] == "float32" and rec["heads"] == 2 and rec["d"] == 64
+    assert rec["ms"] > 0 and rec["tflops_per_device"] > 0
+    # tokens/s per device is the local tokens over the step time.
+    assert math.isclose(rec["tokens_per_s_per_device"], tpd / (rec["ms"] * 1e-3),
+                        rel_tol=1e-9)
+    # TF/s per device: FA3's count on the GLOBAL seqlen, split over N devices.
+    s, d, h = rec["global_seqlen"], rec["d"], rec["heads"]
+    fl = 4.0 * h * s * s * d / (2 if rec["causal"] else 1)
+    fl *= 3.5 if rec["mode"] == "bwd" else 1.0
+    assert math.isclose(rec["tflops_per_device"], fl / N / (rec["ms"] * 1e-3) / 1e12,
+                        rel_tol=1e-9)
+    # The ring agrees with single-device attention on the global sequence.
+    assert rec["check_ok"] and rec["rel_err"] < 1e-4, rec
+    # Efficiency: against one device on the same global sequence.
+    base = singles[(rec["baseline_seqlen"], rec["causal"], rec["mode"])]
+    assert rec["baseline_seqlen"] == N * tpd
+    assert math.isclose(rec["efficiency"],
+                        rec["tflops_per_device"] / base["tflops_per_device"], rel_tol=1e-9)
+    assert 0 < rec["efficiency"] < 10
+    # The same-tokens-per-device single-device point is there too.
+    assert singles[(tpd, rec["causal"], rec["mode"])]["tokens_per_s_per_device"] > 0
