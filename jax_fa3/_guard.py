@@ -35,8 +35,10 @@ VARLEN_ON_CUDA = (
 def _identity_primitive(name: str, cuda_message: str) -> Primitive:
   prim = Primitive(name)
   # Eager calls go through jit too, so that they reach the lowering rules.
+  # Under jax.disable_jit that jit would call this impl again (endless
+  # recursion): the eager on_gpu checks and the CUDA handler refuse then.
   jitted = jax.jit(lambda x: prim.bind(x))
-  prim.def_impl(lambda x: jitted(x))
+  prim.def_impl(lambda x: x if jax.config.jax_disable_jit else jitted(x))
   prim.def_abstract_eval(lambda x: x)
   batching.primitive_batchers[prim] = lambda args, dims: (prim.bind(*args), dims[0])
   mlir.register_lowering(prim, lambda ctx, x: [x])

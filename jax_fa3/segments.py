@@ -57,7 +57,8 @@ def segments_to_varlen(q_seg: jax.Array, kv_seg: jax.Array, same: bool = False):
 
   Returns (perm_q, perm_k, cu_seqlens_q, cu_seqlens_k, seqused_k): row b of
   the packed q is ``q[b, perm_q[b]]`` flattened over rows (likewise k with
-  perm_k); the offsets describe batch * seqlen_q sequences. ``same``: kv_seg
+  perm_k); the offsets describe 1 + batch * seqlen_q sequences (the first
+  one empty). ``same``: kv_seg
   is q_seg (one sort serves both).
   """
   b, sq = q_seg.shape
@@ -79,11 +80,14 @@ def segments_to_varlen(q_seg: jax.Array, kv_seg: jax.Array, same: bool = False):
                     in_axes=(0, 0, None))
   k_lo = jnp.where(used, search(ids_k, slot_id, "left"), sk).astype(jnp.int32)
   k_hi = jnp.where(used, search(ids_k, slot_id, "right"), sk).astype(jnp.int32)
-  cu_q = jnp.concatenate([(rows * sq + start_q).reshape(-1).astype(jnp.int32),
+  # A leading empty sequence: cu_seqlens must start at 0, but row 0's first
+  # slot starts its keys after any smaller kv-only ids (e.g. kv padding).
+  zero = jnp.zeros((1,), jnp.int32)
+  cu_q = jnp.concatenate([zero, (rows * sq + start_q).reshape(-1).astype(jnp.int32),
                           jnp.full((1,), b * sq, jnp.int32)])
-  cu_k = jnp.concatenate([(rows * sk + k_lo).reshape(-1).astype(jnp.int32),
+  cu_k = jnp.concatenate([zero, (rows * sk + k_lo).reshape(-1).astype(jnp.int32),
                           jnp.full((1,), b * sk, jnp.int32)])
-  return perm_q, perm_k, cu_q, cu_k, (k_hi - k_lo).reshape(-1)
+  return perm_q, perm_k, cu_q, cu_k, jnp.concatenate([zero, (k_hi - k_lo).reshape(-1)])
 
 
 def attention_with_segments(q, k, v, q_seg, kv_seg, cfg: primitives.AttnConfig,
@@ -96,6 +100,9 @@ def attention_with_segments(q, k, v, q_seg, kv_seg, cfg: primitives.AttnConfig,
   q3, k3, v3 = q.reshape(-1, sq, h, d), k.reshape(-1, sk, hk, d), v.reshape(-1, sk, hk, d)
   b = q3.shape[0]
   q_seg, kv_seg = q_seg.reshape(b, sq), kv_seg.reshape(b, sk)
+  if b * max(sq, sk) >= 2**31:
+    raise ValueError(f"segment_ids: batch * seqlen must be < 2**31 (int32 offsets), got "
+                     f"{b} * {max(sq, sk)}")
   perm_q, perm_k, cu_q, cu_k, used_k = segments_to_varlen(q_seg, kv_seg, same)
 
   def pack(x, perm):

@@ -432,3 +432,23 @@ def test_gpu_varlen_not_supported_yet(rng):
   with pytest.raises(Exception, match="varlen .* is not supported by the Hopper backend yet"):
     jax.block_until_ready(call(q, k, v, cu_q, cu_k,
                                **cfg.ffi_attrs(primitives.VarlenSpec(77, 70))))
+
+
+def test_segment_ids_pair_with_smaller_kv_only_id(rng):
+  """kv carries an id smaller than every query id in row 0 (kv-side padding
+  id 0): those keys are ignored, and the offsets still start at 0."""
+  q_seg = np.array([[1] * 12 + [2] * 9, [2] * 21], np.int32)         # (2, 21)
+  kv_seg = np.array([[0] * 5 + [1] * 10 + [2] * 10, [0] * 3 + [1] * 4 + [2] * 18], np.int32)
+  q = randn(rng, (2, 21, 2, 32), jnp.float32)
+  k, v = (randn(rng, (2, 25, 2, 32), jnp.float32) for _ in range(2))
+  check_segments(rng, q, k, v, jnp.float32,
+                 segment_ids=(jnp.asarray(q_seg), jnp.asarray(kv_seg)), causal=True)
+
+
+def test_segments_and_varlen_under_disable_jit(rng):
+  seg = jnp.asarray(np.array([[0] * 7 + [1] * 9], np.int32))
+  q, k, v = (randn(rng, (1, 16, 2, 32), jnp.float32) for _ in range(3))
+  with jax.disable_jit():
+    out = jax_fa3.attention(q, k, v, causal=True, segment_ids=seg)
+  ref = reference.attention(q, k, v, causal=True, segment_ids=seg)
+  np.testing.assert_allclose(f64(out), f64(ref), atol=2e-5)
