@@ -84,6 +84,7 @@ std::string launch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
 #ifndef JAX_FA3_BWD_LAYOUT_ONLY
 
 #include "cc/hopper/kernel_bwd.h"
+#include "cc/hopper/launch_common.h"
 
 namespace jax_fa3::hopper {
 
@@ -141,24 +142,9 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.num_heads_k = int(a.num_heads_k);
   kp.h_h_k_ratio = int(a.h_h_k_ratio);
   kp.batch = int(a.batch);
-  constexpr float kLog2e = 1.4426950408889634f;
-  if (a.softcap > 0.f) {
-    kp.softcap = a.softcap;
-    kp.softcap_pre = a.softmax_scale / a.softcap;
-    kp.scale_log2 = kLog2e;
-  } else {
-    kp.softcap = 0.f;
-    kp.softcap_pre = 0.f;
-    kp.scale_log2 = a.softmax_scale * kLog2e;
-  }
+  set_score_scale(a, &kp);
   kp.softmax_scale = a.softmax_scale;
-  MaskSpec ms = MaskSpec::make(a.seqlen_q, a.seqlen_k, a.causal, a.window_left, a.window_right);
-  auto clamp_w = [&](int64_t x) -> int {
-    if (x < 0) return -1;
-    int64_t lim = a.seqlen_q + a.seqlen_k + 1;
-    return int(x > lim ? lim : x);
-  };
-  kp.mask = FwdMask{int(a.seqlen_q), int(a.seqlen_k), clamp_w(ms.left), clamp_w(ms.right)};
+  kp.mask = kernel_mask(a);
   kp.deterministic = a.deterministic;
 
   if (a.num_heads > 65535 || a.batch > 65535) return "jax_fa3 hopper bwd: grid too large";

@@ -10,6 +10,7 @@
 
 #include "cc/common/params.h"
 #include "cc/hopper/kernel_fwd.h"
+#include "cc/hopper/launch_common.h"
 #include "cc/hopper/kernel_traits.h"
 
 namespace jax_fa3::hopper {
@@ -64,31 +65,14 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   kp.num_heads_k = int(a.num_heads_k);
   kp.h_h_k_ratio = int(a.h_h_k_ratio);
   kp.batch = int(a.batch);
-  constexpr float kLog2e = 1.4426950408889634f;
-  if (a.softcap > 0.f) {
-    kp.softcap = a.softcap;
-    kp.softcap_pre = a.softmax_scale / a.softcap;
-    kp.scale_log2 = kLog2e;
-  } else {
-    kp.softcap = 0.f;
-    kp.softcap_pre = 0.f;
-    kp.scale_log2 = a.softmax_scale * kLog2e;
-  }
-  MaskSpec ms = MaskSpec::make(a.seqlen_q, a.seqlen_k, a.causal, a.window_left, a.window_right);
-  // Windows wider than the sequence are unbounded; clamping keeps the int32
-  // arithmetic in the kernel from overflowing.
-  auto clamp_w = [&](int64_t w) -> int {
-    if (w < 0) return -1;
-    int64_t lim = a.seqlen_q + a.seqlen_k + 1;
-    return int(w > lim ? lim : w);
-  };
-  kp.mask = FwdMask{int(a.seqlen_q), int(a.seqlen_k), clamp_w(ms.left), clamp_w(ms.right)};
+  set_score_scale(a, &kp);
+  kp.mask = kernel_mask(a);
 
   int num_m = int((a.seqlen_q + kBlockM - 1) / kBlockM);
   int64_t total = int64_t(num_m) * a.num_heads * a.batch;
   if (total >= (int64_t(1) << 31)) return "jax_fa3 hopper fwd: too many tiles for int32";
   kp.sched = StaticTileScheduler{num_m, int(a.num_heads), int(total),
-                                 /*zigzag_m=*/ms.right >= 0 || ms.left >= 0};
+                                 /*zigzag_m=*/kp.mask.right >= 0 || kp.mask.left >= 0};
   if (total == 0) return "";
 
   auto kernel = fwd_kernel<Traits>;

@@ -248,7 +248,8 @@ static bool check_tensor(const char* name, const std::vector<float>& got,
   return finite && err <= tol;
 }
 
-static bool run_case(const Case& c, unsigned seed) {
+// Random q, k, v, dout (unit normal, rounded to the dtype).
+static Host random_inputs(const Case& c, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.f, 1.f);
   Host H;
@@ -260,6 +261,11 @@ static bool run_case(const Case& c, unsigned seed) {
   fill(H.k, size_t(c.b) * c.sk * c.hk * c.d);
   fill(H.v, H.k.size());
   fill(H.dout, H.q.size());
+  return H;
+}
+
+static bool run_case(const Case& c, unsigned seed) {
+  Host H = random_inputs(c, seed);
   reference(c, H);
   Dev D = setup(c, H);
   std::string e = run(c, D, false);
@@ -281,17 +287,7 @@ static bool run_case(const Case& c, unsigned seed) {
 
 // Runs 20 times with deterministic = true; all results must be bitwise equal.
 static bool run_det(const Case& c) {
-  std::mt19937 rng(7);
-  std::normal_distribution<float> nd(0.f, 1.f);
-  Host H;
-  auto fill = [&](std::vector<float>& x, size_t n) {
-    x.resize(n);
-    for (auto& e : x) e = round_to(c.dt, nd(rng));
-  };
-  fill(H.q, size_t(c.b) * c.sq * c.h * c.d);
-  fill(H.k, size_t(c.b) * c.sk * c.hk * c.d);
-  fill(H.v, H.k.size());
-  fill(H.dout, H.q.size());
+  Host H = random_inputs(c, 7);
   H.out = H.dout;  // any values: only reproducibility is checked
   H.lse.assign(size_t(c.b) * c.h * c.sq, float(std::log(double(c.sk))));
   Dev D = setup(c, H);

@@ -11,21 +11,12 @@ BUILD=${BUILD:-/tmp/fa3_build}
 JOBS=${JOBS:-$(nproc)}
 HDIMS=${HDIMS:-"64 96 128 192 256"}
 source tests/cuda/toolchain.sh
-mkdir -p "$BUILD"
 DEFS=""
 SRCS="cc/hopper/device.cu cc/hopper/launch_fwd.cu"
 for d in $HDIMS; do
   DEFS="$DEFS -DJAX_FA3_HAS_HDIM$d=1"
   SRCS="$SRCS $(ls cc/hopper/instantiations/*_hdim${d}_*.cu)"
 done
-FLAGS="${EXTRA:-} $CCBIN -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constexpr --use_fast_math -O3 -DNDEBUG -DCUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED -std=c++17 -lineinfo -I. -I$CUTLASS_INC $DEFS -Xptxas=--warn-on-spills"
-export FLAGS BUILD
-echo "building with $JOBS jobs..."
-start=$(date +%s)
-printf '%s\n' $SRCS tests/cuda/fwd_harness.cu | xargs -P "$JOBS" -I{} bash -c \
-  'o=$BUILD/$(echo {} | tr / _).o; s=$(date +%s); nvcc $FLAGS -Xptxas -v -c {} -o $o > $o.log 2>&1 || { cat $o.log; exit 255; }; echo "{}: $(( $(date +%s) - s ))s $(grep -h "registers\|spill" $o.log | grep -v "^$" | tr -s " " | tr "\n" " " | cut -c1-200)"'
-nvcc $CCBIN -gencode=arch=compute_90a,code=sm_90a "$BUILD"/*.o -o "$BUILD/fwd_harness"
-if grep -h "C7510\|C7508\|C7517\|C7512" "$BUILD"/*.log; then echo "ptxas wgmma/setmaxnreg warnings present"; fi
-echo "built in $(( $(date +%s) - start ))s"
+build_harness fwd_harness "$DEFS" "$SRCS"
 [ -n "${NO_RUN:-}" ] && exit 0
 "$BUILD/fwd_harness" "$@"
