@@ -16,7 +16,7 @@ source tests/cuda/toolchain.sh
 DEFS="-DJAX_FA3_BWD=1"
 # The harness calls run_bwd only: the forward (launch_fwd.cu, fwd_*) is not
 # built here.
-SRCS="cc/hopper/device.cu cc/hopper/launch_bwd.cu cc/hopper/bwd_preprocess.cu cc/hopper/bwd_postprocess.cu"
+SRCS="cc/hopper/device.cu cc/hopper/varlen_fill.cu cc/hopper/launch_bwd.cu cc/hopper/bwd_preprocess.cu cc/hopper/bwd_postprocess.cu"
 for d in $HDIMS; do
   DEFS="$DEFS -DJAX_FA3_HAS_HDIM$d=1"
   SRCS="$SRCS $(ls cc/hopper/instantiations/bwd_hdim${d}_*.cu)"

@@ -12,7 +12,7 @@ JOBS=${JOBS:-$(nproc)}
 HDIMS=${HDIMS:-"64 96 128 192 256"}
 source tests/cuda/toolchain.sh
 DEFS=""
-SRCS="cc/hopper/device.cu cc/hopper/launch_fwd.cu"
+SRCS="cc/hopper/device.cu cc/hopper/launch_fwd.cu cc/hopper/varlen_fill.cu"
 for d in $HDIMS; do
   DEFS="$DEFS -DJAX_FA3_HAS_HDIM$d=1"
   SRCS="$SRCS $(ls cc/hopper/instantiations/*_hdim${d}_*.cu)"
