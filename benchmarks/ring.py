@@ -85,6 +85,7 @@ from absl import logging
 
 from benchmarks import cli
 from benchmarks import timing
+from benchmarks import trace_overlap
 
 _HEAD_DIM = flags.DEFINE_integer("head_dim", 128, "Head dim.")
 _HEADS = flags.DEFINE_integer("heads", 16, "Query heads (hidden 2048 / 128).")
@@ -128,6 +129,10 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the random inputs.")
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny sizes that run on the CPU in seconds (256 tokens per "
     "device, d 64, 2 heads, 2 iters); flags given explicitly win.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Given, each ring point is also traced (jax.profiler, "
+    "3 calls) into this folder, and the record gets how much of the NCCL "
+    "time ran under attention kernels (benchmarks/trace_overlap.py).")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator", "", "host:port of jax.distributed's coordinator; given, "
     "jax.distributed.initialize runs first (one process per GPU).")
@@ -316,6 +321,23 @@ class Bench:
     return abs_err, rel
 
 
+def _profile(fn, args, name, calls=3) -> dict[str, Any]:
+  """Record fields from a trace of ``calls`` ring calls: the NCCL time per
+  call and GPU, the part of it not under an attention kernel, and the
+  overlap fraction (trace_overlap.py). Every process traces its own GPUs."""
+  path = trace_overlap.capture(fn, args, os.path.join(_PROFILE_DIR.value, name), calls)
+  stats = trace_overlap.overlap_stats(path)
+  total = trace_overlap.summarize(stats)
+  if not stats:
+    return {"comm_overlap": None}
+  per = calls * total["n_gpus"]
+  logging.info("profile %s: %d GPUs, NCCL %.3f ms/call/GPU, exposed %.3f ms, overlap %.3f (%s)",
+               name, total["n_gpus"], total["comm_ms"] / per, total["exposed_ms"] / per,
+               total["overlap"], path)
+  return {"comm_overlap": total["overlap"], "comm_ms_per_call": total["comm_ms"] / per,
+          "comm_exposed_ms_per_call": total["exposed_ms"] / per}
+
+
 # ----------------------------------------------------------------- records --
 
 def _record(impl, n, layout, causal, mode, tokens_per_device, seqlen, t, flops,
@@ -336,7 +358,7 @@ def _record(impl, n, layout, causal, mode, tokens_per_device, seqlen, t, flops,
 def format_table(records) -> str:
   head = (f"{'impl':<7}{'n':>3} {'layout':<11}{'causal':<7}{'mode':<5}"
           f"{'tok/dev':>8}{'global':>9}{'ms':>10}{'TF/s/dev':>10}"
-          f"{'tok/s/dev':>11}{'eff':>7}{'base_s':>8}{'rel_err':>9}")
+          f"{'tok/s/dev':>11}{'eff':>7}{'base_s':>8}{'rel_err':>9}{'overlap':>8}")
   lines = [head, "-" * len(head)]
   for r in records:
     def f(key, fmt, width):
@@ -348,6 +370,7 @@ def format_table(records) -> str:
         + f("ms", ".3f", 10) + f("tflops_per_device", ".4g", 10)
         + f("tokens_per_s_per_device", ".4g", 11) + f("efficiency", ".3f", 7)
         + f("baseline_seqlen", "d", 8) + f("rel_err", ".2g", 9)
+        + f("comm_overlap", ".3f", 8)
         + (f"  ERROR {r['error'][:80]}" if r.get("error") else ""))
   return "\n".join(lines)
 
@@ -459,6 +482,8 @@ def main(argv) -> None:
           gc.collect()
         args = bench.inputs(big_s, bench.seq_sharding(), max(1, _INPUT_SETS.value))
         t = bench.time(ring, args)
+        if _PROFILE_DIR.value:
+          extra.update(_profile(ring, args[0], f"{layout}-causal{causal}-{mode}"))
         rec = _record("ring", n, layout, causal, mode, tpd, big_s, t,
                       attn_flops(mode, heads, big_s, d, causal), **extra)
         if base is not None:

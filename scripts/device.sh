@@ -13,6 +13,9 @@
 #   gpuall   every `gpu` test, four pytest processes sharing the GPU
 #   savelib  copy the built extension to $OUT (carry it to skip a rebuild)
 #   trainlm  examples.train_lm (h100-100m; fa3, cudnn, xla; 8k and 16k context)
+#   ring     issue 6 on a several-GPU machine: benchmarks.ring over all GPUs
+#            (RING_FLAGS) with the NCCL-overlap profile, a GQA check, and a
+#            2-process jax.distributed run (one process per GPU, GPUs 0 and 1)
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -162,6 +165,29 @@ for stage in "$@"; do
       bwd_pid=""
       LOGDIR=$LOGS PARTS="${BWD_BENCH_PARTS:-bench racecheck}" bash tests/cuda/device_bwd.sh \
         2>&1 | grep -vE "^(PASS|d=.*passed)" | tee -a "$summary" | tail -70
+      ;;
+    ring)
+      ngpu=$(nvidia-smi -L | wc -l)
+      python3 -m benchmarks.ring --out_dir "$OUT" --profile_dir "$LOGS/ring_prof" \
+        ${RING_FLAGS:-} >"$LOGS/ring.log" 2>&1
+      stamp "ring x$ngpu: rc=$?"
+      grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring.log" | cut -c1-200 | tee -a "$summary"
+      python3 -m benchmarks.ring --out_dir "$LOGS/gqa" --tokens_per_device 8192 --kv_heads 4 \
+        --iters 3 >"$LOGS/ring_gqa.log" 2>&1
+      stamp "ring GQA 16/4 x$ngpu 8k/device: rc=$? $(grep -c "^ring" "$LOGS/ring_gqa.log") ring points"
+      grep -E "^ring|FAILED" "$LOGS/ring_gqa.log" | cut -c1-200 | tee -a "$summary"
+      if [ "$ngpu" -ge 2 ]; then
+        # One process per GPU, coordinated by jax.distributed over localhost.
+        for i in 0 1; do
+          CUDA_VISIBLE_DEVICES=$i python3 -m benchmarks.ring --coordinator localhost:29517 \
+            --num_processes 2 --process_id $i --out_dir "$OUT/mp" --tag h200-2proc \
+            ${RING_MP_FLAGS:-} >"$LOGS/ring_mp$i.log" 2>&1 &
+        done
+        wait
+        stamp "ring 2 processes: $(grep -c "^ring" "$LOGS/ring_mp0.log") ring points"
+        grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring_mp0.log" "$LOGS/ring_mp1.log" \
+          | cut -c1-200 | tee -a "$summary"
+      fi
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"
