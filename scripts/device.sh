@@ -168,7 +168,7 @@ for stage in "$@"; do
       ;;
     ring)
       ngpu=$(nvidia-smi -L | wc -l)
-      python3 -m benchmarks.ring --out_dir "$OUT" --profile_dir "$LOGS/ring_prof" \
+      python3 -m benchmarks.ring --out_dir "$OUT" --profile_dir /tmp/ring_prof \
         ${RING_FLAGS:-} >"$LOGS/ring.log" 2>&1
       stamp "ring x$ngpu: rc=$?"
       grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring.log" | cut -c1-200 | tee -a "$summary"
