@@ -14,6 +14,13 @@ namespace jax_fa3::hopper {
 struct FwdMask {
   int seqlen_q, seqlen_k, left, right;
 
+  // The mask of one sequence of a varlen batch (its attended lengths). The
+  // host clamped left/right with the longest lengths (launch_common.h
+  // kernel_mask), which also bounds every shorter sequence's int32 math.
+  __device__ __forceinline__ FwdMask for_seq(int len_q, int len_k) const {
+    return FwdMask{len_q, len_k, left, right};
+  }
+
   __device__ __forceinline__ int offset() const { return seqlen_k - seqlen_q; }
   __device__ __forceinline__ int col_begin(int row) const {
     return left < 0 ? 0 : max(row + offset() - left, 0);
