@@ -129,6 +129,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the random inputs.")
 _SMOKE = flags.DEFINE_bool(
     "smoke", False, "Tiny sizes that run on the CPU in seconds (256 tokens per "
     "device, d 64, 2 heads, 2 iters); flags given explicitly win.")
+_SM_MARGIN = flags.DEFINE_integer(
+    "sm_margin", -1, "sm_margin of ring_attention's forward kernels; -1 = the "
+    "library default (jax_fa3.parallel.ring.RING_SM_MARGIN).")
+_SINGLES = flags.DEFINE_bool(
+    "singles", True, "Time the single-device baselines (needed for the "
+    "efficiency); off for quick A/B runs of the ring alone.")
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "Given, each ring point is also traced (jax.profiler, "
     "3 calls) into this folder, and the record gets how much of the NCCL "
@@ -270,8 +276,9 @@ class Bench:
     import jax_fa3  # pylint: disable=g-import-not-at-top
     spec = self.seq_sharding().spec
     attn = _shard_map()(
-        lambda q, k, v: jax_fa3.ring_attention(q, k, v, axis_name=AXIS,
-                                               causal=causal, layout=layout),
+        lambda q, k, v: jax_fa3.ring_attention(
+            q, k, v, axis_name=AXIS, causal=causal, layout=layout,
+            sm_margin=None if _SM_MARGIN.value < 0 else _SM_MARGIN.value),
         mesh=self.mesh, in_specs=(spec,) * 3, out_specs=spec)
     return self._with_mode(attn, mode)
 
@@ -408,6 +415,7 @@ def main(argv) -> None:
                "per device, global %d -> %s", kind, n, jax.process_count(),
                jax.__version__, dtype, heads, kv_heads, d, tpd, big_s, json_path)
   common = {"dtype": dtype, "heads": heads, "kv_heads": kv_heads, "d": d,
+            "sm_margin": _SM_MARGIN.value, "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "device": kind, "n_processes": jax.process_count()}
 
   records: list[dict[str, Any]] = []
@@ -456,12 +464,13 @@ def main(argv) -> None:
     layout = _LAYOUT.value if _LAYOUT.value != "auto" else (
         "zigzag" if causal else "contiguous")
     for mode in modes:
-      single(tpd, causal, mode)  # same tokens per device
+      if _SINGLES.value:
+        single(tpd, causal, mode)  # same tokens per device
       # Efficiency baseline: same total work (seqlen S) on one device, else
       # the largest S / 2^k that runs.
       base = None
       s = big_s
-      while s >= tpd:
+      while _SINGLES.value and s >= tpd:
         if not _SINGLE_MAX.value or s <= _SINGLE_MAX.value:
           r = single(s, causal, mode)
           if r["tflops_per_device"] is not None:

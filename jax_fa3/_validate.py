@@ -112,6 +112,15 @@ def check_bool(name: str, value: Any) -> bool:
   return bool(value)
 
 
+def check_sm_margin(value: Any) -> int:
+  """sm_margin: an int in [0, 1024) (SMs the forward leaves idle)."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"sm_margin must be an int, got {type(value).__name__}")
+  if not 0 <= int(value) < 1024:
+    raise ValueError(f"sm_margin must be in [0, 1024), got {int(value)}")
+  return int(value)
+
+
 # ------------------------------------------------------------------ varlen ----
 # Shapes, dtypes and static ints are checked here, before lowering. The
 # VALUES of cu_seqlens / seqused cannot be checked under jit (they are

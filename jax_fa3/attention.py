@@ -22,7 +22,8 @@ def attention(q: jax.Array,
               softcap: float = 0.0,
               return_lse: bool = False,
               deterministic: bool = False,
-              segment_ids: Any = None) -> Any:
+              segment_ids: Any = None,
+              sm_margin: int = 0) -> Any:
   """Exact scaled dot-product attention, FlashAttention-3 style.
 
   Computes ``softmax(mask(softcap(softmax_scale * q @ k^T))) @ v`` per head
@@ -61,6 +62,10 @@ def attention(q: jax.Array,
       has gets output 0 (LSE -inf). Runs through the varlen path (see
       ``jax_fa3.segments``): CPU backend only for now, and not partitioned
       under sharding.
+    sm_margin: number of SMs the Hopper forward leaves idle (FA3's
+      ``sm_margin``), for overlapping communication kernels that run beside
+      it on another stream; 0 uses every SM. Ignored by the CPU backend and
+      by the backward, whose grid is not persistent.
 
   Returns:
     ``out`` with the shape and dtype of ``q``; or ``(out, lse)`` when
@@ -70,7 +75,7 @@ def attention(q: jax.Array,
     TypeError / ValueError: before lowering, naming the offending argument
       (rank, dtype, head_dim not a multiple of 8 in [8, 256], heads not a
       multiple of kv_heads, bad window/softcap/scale, segment_ids shape or
-      dtype).
+      dtype, sm_margin not an int in [0, 1024)).
     NotImplementedError: ``segment_ids`` on the Hopper (CUDA) backend.
   """
   _validate.check_qkv(q, k, v)
@@ -79,7 +84,7 @@ def attention(q: jax.Array,
   deterministic = _validate.check_bool("deterministic", deterministic)
   cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,
                                         window_size=window_size, softcap=softcap,
-                                        deterministic=deterministic)
+                                        deterministic=deterministic, sm_margin=sm_margin)
   if segment_ids is not None:
     q_seg, kv_seg = _validate.check_segment_ids(segment_ids, q, k)
     if any(_validate.on_gpu(x) for x in (q, k, v)):

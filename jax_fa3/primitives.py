@@ -34,17 +34,22 @@ class AttnConfig:
   window_right: int
   softcap: float
   deterministic: bool = False
+  # SMs the forward's persistent grid leaves idle (FA3's sm_margin), so that
+  # kernels launched alongside it on other streams (the ring's NCCL
+  # collective-permutes) get SMs instead of waiting for it to finish.
+  sm_margin: int = 0
 
   @classmethod
   def from_args(cls, head_dim: int, *, softmax_scale, causal: bool, window_size, softcap,
-                deterministic: bool) -> "AttnConfig":
+                deterministic: bool, sm_margin: int = 0) -> "AttnConfig":
     """Validated config from the public arguments (``causal`` and
     ``deterministic`` already checked booleans); causal forces
     window_right = 0 (mask.h)."""
     left, right = _validate.resolve_window(window_size)
     return cls(softmax_scale=_validate.resolve_scale(softmax_scale, head_dim), causal=causal,
                window_left=left, window_right=0 if causal else right,
-               softcap=_validate.resolve_softcap(softcap), deterministic=deterministic)
+               softcap=_validate.resolve_softcap(softcap), deterministic=deterministic,
+               sm_margin=_validate.check_sm_margin(sm_margin))
 
   def ffi_attrs(self, varlen: "VarlenSpec | None" = None) -> dict:
     # FFI attributes must be numpy scalars of the handler's exact type. Every
@@ -58,6 +63,10 @@ class AttnConfig:
         softcap=np.float32(self.softcap),
         **(varlen or _DENSE).ffi_attrs(),
     )
+
+  def fwd_attrs(self, varlen: "VarlenSpec | None" = None) -> dict:
+    """ffi_attrs plus what only the forward handler takes."""
+    return dict(self.ffi_attrs(varlen), sm_margin=np.int32(self.sm_margin))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +109,7 @@ def fwd_call(q, k, v, cfg: AttnConfig):
   # broadcast_all: under vmap the handler sees extra leading dims and folds
   # them into batch (cc/ffi/fill_params.cc).
   call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="broadcast_all")
-  return call(q, k, v, **cfg.ffi_attrs())
+  return call(q, k, v, **cfg.fwd_attrs())
 
 
 def _grad_types(q, k, v):
@@ -172,7 +181,7 @@ def varlen_fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, cfg: AttnConfig, spec: 
       jax.ShapeDtypeStruct((q.shape[-2], q.shape[-3]), jnp.float32),
   )
   call = jax.ffi.ffi_call(_ffi.FWD_TARGET, out_types, vmap_method="sequential")
-  return call(q, k, v, *_offsets(cu_q, cu_k, used_q, used_k), **cfg.ffi_attrs(spec))
+  return call(q, k, v, *_offsets(cu_q, cu_k, used_q, used_k), **cfg.fwd_attrs(spec))
 
 
 def varlen_bwd_call(q, k, v, out, lse, dout, cu_q, cu_k, used_q, used_k, cfg: AttnConfig,

@@ -16,6 +16,9 @@
 #   ring     issue 6 on a several-GPU machine: benchmarks.ring over all GPUs
 #            (RING_FLAGS) with the NCCL-overlap profile, a GQA check, and a
 #            2-process jax.distributed run (one process per GPU, GPUs 0 and 1)
+#   ringab   quick A/B of the ring's overlap (ring only, no check): each
+#            RING_AB_MARGINS sm_margin, then XLA's latency-hiding scheduler +
+#            high-priority collective stream flags; json in $OUT/ab
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -172,6 +175,7 @@ for stage in "$@"; do
         ${RING_FLAGS:-} >"$LOGS/ring.log" 2>&1
       stamp "ring x$ngpu: rc=$?"
       grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring.log" | cut -c1-200 | tee -a "$summary"
+      [ "${RING_EXTRA:-1}" = 1 ] || continue  # RING_EXTRA=0: main run only
       python3 -m benchmarks.ring --out_dir "$LOGS/gqa" --tokens_per_device 8192 --kv_heads 4 \
         --iters 3 >"$LOGS/ring_gqa.log" 2>&1
       stamp "ring GQA 16/4 x$ngpu 8k/device: rc=$? $(grep -c "^ring" "$LOGS/ring_gqa.log") ring points"
@@ -188,6 +192,19 @@ for stage in "$@"; do
         grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring_mp0.log" "$LOGS/ring_mp1.log" \
           | cut -c1-200 | tee -a "$summary"
       fi
+      ;;
+    ringab)
+      ab="--singles=false --check=false --causal ${RING_AB_CAUSAL:-both} --profile_dir /tmp/ring_ab"
+      for m in ${RING_AB_MARGINS:-0 16}; do
+        python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag "margin$m" --sm_margin "$m" $ab \
+          >"$LOGS/ringab_m$m.log" 2>&1
+        stamp "ring A/B sm_margin=$m: rc=$?"
+        grep -E "^ring|profile " "$LOGS/ringab_m$m.log" | sed 's/(\/tmp.*//' | cut -c1-200 | tee -a "$summary"
+      done
+      XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true" \
+        python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag lhs $ab >"$LOGS/ringab_lhs.log" 2>&1
+      stamp "ring A/B LHS+priority flags (default margin): rc=$?"
+      grep -E "^ring|profile " "$LOGS/ringab_lhs.log" | sed 's/(\/tmp.*//' | cut -c1-200 | tee -a "$summary"
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"

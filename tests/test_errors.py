@@ -107,6 +107,13 @@ def test_causal_not_bool(qkv):
     jax_fa3.attention(*qkv, causal=1)
 
 
+@pytest.mark.parametrize("bad,err", [(-1, ValueError), (1024, ValueError), (2.0, TypeError),
+                                     (True, TypeError)])
+def test_sm_margin_invalid(qkv, bad, err):
+  with pytest.raises(err, match="sm_margin must be"):
+    jax_fa3.attention(*qkv, sm_margin=bad)
+
+
 def test_not_an_array():
   with pytest.raises(TypeError, match="q must be an array"):
     jax_fa3.attention([[1.0]], None, None)
@@ -138,6 +145,12 @@ def test_handler_rejects_softcap(rng):
   q = randn(rng, (1, 8, 2, 64), jnp.bfloat16)
   with pytest.raises(Exception, match="softcap must be finite and >= 0"):
     jax.block_until_ready(primitives.fwd_call(q, q, q, _cfg(softcap=-2.0)))
+
+
+def test_handler_rejects_sm_margin(rng):
+  q = randn(rng, (1, 8, 2, 64), jnp.bfloat16)
+  with pytest.raises(Exception, match="sm_margin must be in"):
+    jax.block_until_ready(primitives.fwd_call(q, q, q, _cfg(sm_margin=-3)))
 
 
 def test_handler_rejects_bad_lse(rng):

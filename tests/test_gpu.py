@@ -81,3 +81,18 @@ def test_grad_through_jit_on_gpu(rng):
   for a, b in zip(g, g_cpu):
     scale = float(np.abs(f64(b)).max())
     assert float(np.abs(f64(_cpu(a)) - f64(b)).max()) <= 2e-2 * scale
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_sm_margin_same_result(rng, causal):
+  # A margin changes only which CTA computes a tile, never the math: the
+  # output must be bitwise equal to the full-grid run, and correct.
+  q, k, v = make_qkv(rng, 2, 2048, 2048, 16, 16, 128, jnp.bfloat16)
+  args = tuple(map(_gpu, (q, k, v)))
+  outs = [jax.jit(lambda a, b, c, m=m: jax_fa3.attention(a, b, c, causal=causal,
+                                                          sm_margin=m))(*args)
+          for m in (0, 8, 100)]
+  for o in outs[1:]:
+    np.testing.assert_array_equal(f64(_cpu(o)), f64(_cpu(outs[0])))
+  ref, naive = references(q, k, v, causal=causal)
+  assert_fa3_close("out", _cpu(outs[1]), ref, naive, jnp.bfloat16)

@@ -50,6 +50,11 @@ struct AttnParams {
   int window_right = -1;  // -1: unbounded; causal forces 0
   float softcap = 0.0f;   // 0: off; else s = softcap * tanh(s / softcap)
 
+  // SMs the Hopper forward's persistent grid leaves idle (FA3's sm_margin):
+  // kernels on other streams, e.g. the ring's NCCL transfers, then get SMs
+  // while it runs. The CPU backend and the (non-persistent) backward ignore it.
+  int sm_margin = 0;
+
   // ---- forward buffers ----------------------------------------------------
   const void* q = nullptr;
   const void* k = nullptr;

@@ -6,7 +6,8 @@
 //   bwd: (q, k, v, out, lse, dout, *offsets) -> (dq, dk, dv)
 //   attrs: softmax_scale f32, causal bool, window_left i32, window_right i32,
 //          softcap f32, varlen bool, max_seqlen_q i32, max_seqlen_k i32,
-//          has_seqused_q bool, has_seqused_k bool (+ deterministic bool for bwd)
+//          has_seqused_q bool, has_seqused_k bool (+ sm_margin i32 for fwd,
+//          deterministic bool for bwd)
 // `offsets` is empty for dense (batch..., seqlen, heads, d) inputs and holds
 // cu_seqlens_q, cu_seqlens_k[, seqused_q][, seqused_k] for packed ones
 // (fill_varlen.h), so each platform and pass keeps a single handler.
@@ -46,8 +47,12 @@ ffi::Error refuse_varlen_on_cuda(const AttnParams& p) {
 ffi::Error fill_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                     const ffi::RemainingArgs& offsets, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse, const Attrs& a,
-                    const VarlenAttrs& va, bool cuda, AttnParams* p) {
+                    const VarlenAttrs& va, int32_t sm_margin, bool cuda, AttnParams* p) {
   JAX_FA3_RETURN_IF_ERROR(fill_layout(q, k, v, offsets, va, a, cuda, p));
+  if (sm_margin < 0 || sm_margin >= 1024)
+    return ffi::Error::InvalidArgument("jax_fa3: sm_margin must be in [0, 1024), got " +
+                                       std::to_string(sm_margin));
+  p->sm_margin = sm_margin;
   JAX_FA3_RETURN_IF_ERROR(expect_like("out", out, "q", q));
   JAX_FA3_RETURN_IF_ERROR(expect_lse("lse", lse, *p, q));
   p->out = out->untyped_data();
@@ -83,11 +88,12 @@ ffi::Error FwdCpuImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                       ffi::Result<ffi::Buffer<ffi::F32>> lse, float softmax_scale, bool causal,
                       int32_t window_left, int32_t window_right, float softcap, bool varlen,
                       int32_t max_seqlen_q, int32_t max_seqlen_k, bool has_seqused_q,
-                      bool has_seqused_k) {
+                      bool has_seqused_k, int32_t sm_margin) {
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
   VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
-  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, /*cuda=*/false, &p));
+  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, sm_margin,
+                                   /*cuda=*/false, &p));
   return from_message(cpu::run_fwd(p));
 }
 
@@ -112,12 +118,14 @@ ffi::Error FwdCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::F32>> lse,
                        float softmax_scale, bool causal, int32_t window_left,
                        int32_t window_right, float softcap, bool varlen, int32_t max_seqlen_q,
-                       int32_t max_seqlen_k, bool has_seqused_q, bool has_seqused_k) {
+                       int32_t max_seqlen_k, bool has_seqused_q, bool has_seqused_k,
+                       int32_t sm_margin) {
   JAX_FA3_RETURN_IF_ERROR(from_message(hopper::check_device()));
   AttnParams p;
   Attrs a{softmax_scale, causal, window_left, window_right, softcap};
   VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
-  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, /*cuda=*/true, &p));
+  JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, sm_margin,
+                                   /*cuda=*/true, &p));
   JAX_FA3_RETURN_IF_ERROR(refuse_varlen_on_cuda(p));
   return from_message(hopper::run_fwd(p, stream));
 }
@@ -178,7 +186,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3FwdCpu, FwdCpuImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS);
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS
+                                  .Attr<int32_t>("sm_margin"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCpu, BwdCpuImpl,
                               ffi::Ffi::Bind()
@@ -202,7 +211,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3FwdCuda, FwdCudaImpl,
                                   .Arg<ffi::AnyBuffer>()
                                   .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS);
+                                  .Ret<ffi::Buffer<ffi::F32>>() JAX_FA3_COMMON_ATTRS
+                                  .Attr<int32_t>("sm_margin"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFa3BwdCuda, BwdCudaImpl,
                               ffi::Ffi::Bind()

@@ -202,6 +202,17 @@ def _select(masks, table, axis_name, branches, *operands):
   return jax.lax.switch(idx, branches, *operands)
 
 
+# Default sm_margin of the ring's forward kernels: NCCL's point-to-point
+# kernels need a few SMs of their own to run during the attention kernel
+# (benchmarks.ring --profile_dir measures the overlap).
+RING_SM_MARGIN = 8
+
+
+def with_ring_margin(cfg: primitives.AttnConfig) -> primitives.AttnConfig:
+  """cfg with RING_SM_MARGIN unless the caller chose a margin."""
+  return cfg if cfg.sm_margin else dataclasses.replace(cfg, sm_margin=RING_SM_MARGIN)
+
+
 def _ring_perm(n):
   # Block held by device i moves to i + 1: at step s device i holds (i - s).
   return [(j, (j + 1) % n) for j in range(n)]
@@ -344,7 +355,8 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
                    softmax_scale: float | None = None,
                    window_size: tuple[int, int] = (-1, -1),
                    softcap: float = 0.0, layout: str = "contiguous",
-                   return_lse: bool = False, deterministic: bool = False):
+                   return_lse: bool = False, deterministic: bool = False,
+                   sm_margin: int | None = None):
   """``jax_fa3.attention`` over a sequence sharded along ``axis_name``.
 
   Call inside ``shard_map`` (or ``custom_partitioning``) with q, k, v the
@@ -357,6 +369,11 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
     "zigzag" (device i holds chunks i and 2n-1-i of 2n; balances causal work;
     see ``jax_fa3.parallel.zigzag``). The output is in the same layout.
 
+  sm_margin: SMs each forward kernel leaves to the collective-permutes that
+    run beside it (see ``jax_fa3.attention``); None = ``RING_SM_MARGIN``.
+    Without a margin the persistent forward kernel holds every SM and the
+    next block's transfer waits for it, so communication is not overlapped.
+
   Returns the local output shard, or (out, lse) with ``return_lse`` (lse:
   float32 (*batch, heads, local_seqlen_q), no gradient).
   """
@@ -368,7 +385,8 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
     raise ValueError(f"layout must be one of {zigzag.LAYOUTS}, got {layout!r}")
   cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,
                                         window_size=window_size, softcap=softcap,
-                                        deterministic=deterministic)
+                                        deterministic=deterministic,
+                                        sm_margin=RING_SM_MARGIN if sm_margin is None else sm_margin)
   out, lse = _ring(q, k, v, cfg, axis_name, layout)
   if return_lse:
     return out, jax.lax.stop_gradient(lse)

@@ -113,7 +113,8 @@ def _fwd_partition(cfg, seq_parallel, mesh, arg_infos, result_infos):
   def lower(q, k, v):
     if lay.seq_axis is None:
       return primitives.fwd_call(q, k, v, cfg)
-    return ring.ring_fwd(q, k, v, cfg, lay.seq_axis)
+    # The ring's transfers need SMs beside the forward kernel (RING_SM_MARGIN).
+    return ring.ring_fwd(q, k, v, ring.with_ring_margin(cfg), lay.seq_axis)
 
   return mesh, lower, (lay.q, lay.lse), (lay.q, lay.kv, lay.kv)
 
