@@ -30,10 +30,8 @@ import functools
 import gc
 import json
 import os
-import re
 import sys
 import time
-import traceback
 from typing import Any, Callable
 
 from absl import app
@@ -41,6 +39,8 @@ from absl import flags
 from absl import logging
 
 from benchmarks import cli
+from benchmarks import common
+from benchmarks.common import Prepared, compare, device_tag, flops
 from benchmarks import plot as plot_lib
 from benchmarks import timing
 
@@ -164,15 +164,6 @@ def _jitted_fwd(impl: str, causal: bool):
   return jax.jit(_attention_fn(impl, causal))
 
 
-class Prepared:
-  """A jitted callable and the argument sets to time it on."""
-
-  def __init__(self, fn, arg_sets, n_sets):
-    self.fn = fn
-    self.arg_sets = arg_sets
-    self.n_sets = n_sets
-
-
 def _make_inputs(shape, dtype: str, n_sets: int, seed: int):
   """n_sets tuples (q, k, v, dout) of random normal arrays."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -194,39 +185,7 @@ def prepare(impl: str, mode: str, causal: bool, inputs) -> Prepared:
   vjp fn from its residual leaves, apply it to dout", so every set shares one
   compiled executable.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  fwd = _jitted_fwd(impl, causal)
-  if mode == "fwd":
-    return Prepared(fwd, [s[:3] for s in inputs], len(inputs))
-  leaves_per_set, treedef = [], None
-  for q, k, v, _ in inputs:
-    _, vjp_fn = jax.vjp(fwd, q, k, v)
-    leaves, td = jax.tree.flatten(vjp_fn)
-    if not all(isinstance(x, jax.Array) for x in leaves):
-      raise RuntimeError("this jax's vjp fn is not a pytree of arrays; "
-                         "cannot time the backward alone")
-    if treedef is None:
-      treedef, ref_avals = td, [(x.shape, x.dtype) for x in leaves]
-    elif [(x.shape, x.dtype) for x in leaves] != ref_avals:
-      raise RuntimeError("vjp residuals differ in structure between sets")
-    leaves_per_set.append(leaves)
-    del vjp_fn
-  bwd = jax.jit(lambda leaves, dout: treedef.unflatten(leaves)(dout))
-  arg_sets = [(leaves, s[3]) for leaves, s in zip(leaves_per_set, inputs)]
-  return Prepared(bwd, arg_sets, len(inputs))
-
-
-def compare(a, b) -> tuple[float, float]:
-  """(max |a - b|, max over leaves of ||a - b|| / ||b||), in float32."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  abs_errs, rel_errs = [], []
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    x, y = x.astype(jnp.float32), y.astype(jnp.float32)
-    abs_errs.append(jnp.max(jnp.abs(x - y)))
-    rel_errs.append(jnp.linalg.norm(x - y) / jnp.linalg.norm(y))
-  abs_errs, rel_errs = jax.device_get((abs_errs, rel_errs))
-  return float(max(abs_errs)), float(max(rel_errs))
+  return common.prepare_jitted(_jitted_fwd(impl, causal), mode, inputs)
 
 
 # --------------------------------------------------------------------------
@@ -238,36 +197,6 @@ def _parse_ints(values, name):
     return [int(x) for x in values]
   except ValueError as e:
     raise app.UsageError(f"--{name}: integers expected, got {values}") from e
-
-
-def device_tag() -> tuple[str, str]:
-  """(device kind, sanitised tag), e.g. ('NVIDIA H100 80GB HBM3', 'h100-80gb-hbm3')."""
-  try:
-    import jax  # pylint: disable=g-import-not-at-top
-    kind = str(jax.devices()[0].device_kind)
-  except Exception as e:  # pylint: disable=broad-except
-    logging.warning("no device: %s", e)
-    kind = "unknown"
-  tag = re.sub(r"^nvidia[\s_-]*", "", kind.strip().lower())
-  tag = re.sub(r"[^a-z0-9.]+", "-", tag).strip("-") or "unknown"
-  return kind, tag
-
-
-def flops(mode: str, batch: int, heads: int, seqlen: int, d: int,
-          causal: bool) -> float:
-  f = 4.0 * batch * heads * seqlen * seqlen * d
-  if causal:
-    f /= 2
-  return f * (2.5 if mode == "bwd" else 1.0)
-
-
-def _short_error(e: BaseException, limit: int = 600) -> str:
-  msg = f"{type(e).__name__}: {e}".strip()
-  if not str(e).strip():  # e.g. a bare assert: say where it was raised
-    tb = traceback.extract_tb(e.__traceback__)
-    if tb:
-      msg += f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}"
-  return msg if len(msg) <= limit else msg[:limit] + " ..."
 
 
 def _record_key(r):
@@ -443,7 +372,7 @@ def main(argv) -> None:
                 rec["err_ref"] = ref
                 break
               except Exception as e:  # pylint: disable=broad-except
-                rec["check_error"] = f"{ref}: {_short_error(e, 300)}"
+                rec["check_error"] = f"{ref}: {common.short_error(e, 300)}"
             del ours
           t = timing.time_fn(p.fn, p.arg_sets, warmup=_WARMUP.value,
                              reps=_ITERS.value, min_rep_ms=_MIN_REP_MS.value)
@@ -454,7 +383,7 @@ def main(argv) -> None:
                      calls_per_rep=t.calls_per_rep, reps=t.reps,
                      input_sets=p.n_sets)
         except Exception as e:  # pylint: disable=broad-except
-          rec["error"] = _short_error(e)
+          rec["error"] = common.short_error(e)
         finally:
           prepared.pop(impl, None)
       rec["note"] = _NOTES[mode]
@@ -494,7 +423,7 @@ def main(argv) -> None:
                 f"({_TOKENS.value} tokens, hidden {_HIDDEN.value})")
       logging.info("wrote %s", png)
     except Exception as e:  # pylint: disable=broad-except
-      logging.error("plot failed: %s", _short_error(e))
+      logging.error("plot failed: %s", common.short_error(e))
   print(tables)
   print(_error_summary(all_records))
   print(f"\n{len(records)} records in {time.time() - t_start:.0f} s -> "

@@ -1,0 +1,247 @@
+r"""Packed variable-length attention against padding (issue 7's benchmark).
+
+``--tokens`` tokens of documents with random lengths, uniform in
+``[--min_len, --max_len]`` (the last one cut to fill the budget exactly), are
+attended three ways, each timed per METHOD.md (warm-up, median of reps of
+back-to-back calls rotating over ``--input_sets`` random input sets):
+
+* ``jax_fa3-varlen``: ``jax_fa3.attention_varlen`` on the packed
+  ``(tokens, heads, d)`` tensors with ``cu_seqlens`` (no work on padding);
+* ``jax-cudnn-padded``: ``jax.nn.dot_product_attention(implementation=
+  'cudnn')`` on the same documents padded to the longest one, with
+  ``query_seq_lengths`` / ``key_value_seq_lengths`` (what JAX's public cuDNN
+  API offers for ragged batches);
+* ``jax_fa3-dense``: ``jax_fa3.attention`` on a dense batch at the documents'
+  mean length (rounded to 64) with the same token count: the throughput the
+  packed kernel should match.
+
+FLOPs count only the useful work, the same for every implementation of one
+document set: ``4 * heads * d * sum(visible (q, k) pairs)`` (``len^2`` per
+document, ``len * (len + 1) / 2`` causal), x2.5 for ``bwd`` (the backward
+alone, residuals precomputed, as in benchmarks.attention). So padded TF/s is
+the effective rate and ``speedup = cudnn ms / varlen ms`` on the same
+documents. Issue 7's targets: varlen TF/s within 10 % of the dense one, and
+speedup >= 1.5.
+
+Before timing, the packed output (fwd) or dq/dk/dv (bwd) is compared with
+cuDNN's on the valid rows (``rel_err``, rel-L2).
+
+  python -m benchmarks.varlen                  # GPU, writes results/varlen-<gpu>.json
+  JAX_PLATFORMS=cpu python -m benchmarks.varlen --smoke
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from benchmarks import common as bench_common
+from benchmarks import cli
+from benchmarks import timing
+
+_TOKENS = flags.DEFINE_integer("tokens", 16384, "Packed tokens per batch.")
+_MIN_LEN = flags.DEFINE_integer("min_len", 128, "Shortest document.")
+_MAX_LEN = flags.DEFINE_integer("max_len", 4096, "Longest document.")
+_HEADS = flags.DEFINE_integer("heads", 16, "Query heads (hidden 2048 / 128).")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 128, "Head dim.")
+_CAUSAL = flags.DEFINE_enum("causal", "both", ["both", "true", "false"], "Causal mask.")
+_MODES = flags.DEFINE_list("modes", ["fwd", "bwd"], "fwd and/or bwd (backward alone).")
+_IMPLS = flags.DEFINE_list("impls", ["jax_fa3-varlen", "jax-cudnn-padded", "jax_fa3-dense"],
+                           "Implementations to time.")
+_DTYPE = flags.DEFINE_enum("dtype", "auto", ["auto", "bfloat16", "float16", "float32"],
+                           "auto = float32 on the CPU backend, bfloat16 otherwise.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before timing.")
+_ITERS = flags.DEFINE_integer("iters", 20, "Timed reps; the median is kept.")
+_MIN_REP_MS = flags.DEFINE_float("min_rep_ms", 50.0, "Each timed rep lasts at least this.")
+_INPUT_SETS = flags.DEFINE_integer("input_sets", 3, "Random input sets rotated through.")
+_CHECK = flags.DEFINE_bool("check", True, "Compare jax_fa3-varlen with cuDNN on valid rows.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the document lengths and inputs.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+    "Where varlen-<tag>.json goes.")
+_TAG = flags.DEFINE_string("tag", "", "File tag; default: the device kind, sanitised.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes that run on the CPU in seconds.")
+
+_SMOKE_OVERRIDES = {"tokens": 512, "min_len": 16, "max_len": 200, "heads": 2, "head_dim": 64,
+                    "warmup": 1, "iters": 2, "min_rep_ms": 1.0, "input_sets": 1,
+                    "impls": ["jax_fa3-varlen", "jax_fa3-dense"]}
+
+
+def document_lengths(tokens: int, lo: int, hi: int, seed: int) -> list[int]:
+  """Uniform random lengths in [lo, hi] summing to exactly ``tokens``."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  lens: list[int] = []
+  while sum(lens) < tokens:
+    lens.append(int(rng.integers(lo, hi + 1)))
+  lens[-1] -= sum(lens) - tokens
+  return [n for n in lens if n > 0]
+
+
+def useful_flops(lens, heads: int, d: int, causal: bool, mode: str) -> float:
+  pairs = sum(n * (n + 1) // 2 if causal else n * n for n in lens)
+  return 4.0 * heads * d * pairs * (2.5 if mode == "bwd" else 1.0)
+
+
+class Problem:
+  """One document set and its packed / padded / dense input sets."""
+
+  def __init__(self, lens, heads, d, dtype, n_sets, seed):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    self.lens, self.heads, self.d = lens, heads, d
+    self.total = sum(lens)
+    self.max_len = max(lens)
+    self.cu = jnp.asarray(np.concatenate([[0], np.cumsum(lens)]), jnp.int32)
+    self.seq_lengths = jnp.asarray(lens, jnp.int32)
+    # Row i of the padded batch comes from packed row gather[i]; padding rows
+    # repeat row 0 (their values do not matter: the masks exclude them).
+    gather = np.zeros((len(lens), self.max_len), np.int64)
+    valid = np.zeros((len(lens), self.max_len), bool)
+    for b, (start, n) in enumerate(zip(np.asarray(self.cu)[:-1], lens)):
+      gather[b, :n] = start + np.arange(n)
+      valid[b, :n] = True
+    self.gather, self.valid = jnp.asarray(gather), jnp.asarray(valid)
+    self.mean_len = max(64, int(round(self.total / len(lens) / 64)) * 64)
+    dt = jnp.dtype(dtype)
+    key = jax.random.key(seed)
+    self.packed = []
+    for _ in range(n_sets):
+      key, *ks = jax.random.split(key, 5)
+      self.packed.append(tuple(jax.random.normal(kk, (self.total, heads, d), dt) for kk in ks))
+    pad = jax.jit(lambda xs: tuple(x[self.gather] for x in xs))
+    self.padded = jax.block_until_ready([pad(s) for s in self.packed])
+    dense_b = max(1, self.total // self.mean_len)
+    self.dense = [tuple(x[:dense_b * self.mean_len].reshape(dense_b, self.mean_len, heads, d)
+                        for x in s) for s in self.packed]
+
+  def fn(self, impl: str, causal: bool):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax_fa3  # pylint: disable=g-import-not-at-top
+    if impl == "jax_fa3-varlen":
+      return jax.jit(lambda q, k, v: jax_fa3.attention_varlen(
+          q, k, v, self.cu, self.cu, self.max_len, self.max_len, causal=causal))
+    if impl == "jax-cudnn-padded":
+      return jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+          q, k, v, is_causal=causal, query_seq_lengths=self.seq_lengths,
+          key_value_seq_lengths=self.seq_lengths, implementation="cudnn"))
+    if impl == "jax_fa3-dense":
+      return jax.jit(lambda q, k, v: jax_fa3.attention(q, k, v, causal=causal))
+    raise ValueError(f"unknown impl {impl!r}")
+
+  def inputs(self, impl: str):
+    return {"jax_fa3-varlen": self.packed, "jax-cudnn-padded": self.padded,
+            "jax_fa3-dense": self.dense}[impl]
+
+  def unpad(self, x):
+    """Padded (docs, max_len, ...) -> packed (total, ...) rows of the documents."""
+    return x[self.valid]
+
+  def check(self, causal: bool, mode: str) -> float:
+    """rel-L2 of jax_fa3-varlen against cuDNN on the valid rows (worst leaf)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    ours = bench_common.prepare_jitted(self.fn("jax_fa3-varlen", causal), mode, self.packed[:1])
+    theirs = bench_common.prepare_jitted(self.fn("jax-cudnn-padded", causal), mode,
+                                       self.padded[:1])
+    a = ours.fn(*ours.arg_sets[0])
+    b = jax.tree.map(self.unpad, theirs.fn(*theirs.arg_sets[0]))
+    return bench_common.compare(a, b)[1]
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _SMOKE.value:
+    cli.apply_smoke(_SMOKE_OVERRIDES)
+  modes = cli.parse_modes(_MODES.value)
+  import jax  # pylint: disable=g-import-not-at-top
+  dtype = _DTYPE.value
+  if dtype == "auto":
+    dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  lens = document_lengths(_TOKENS.value, _MIN_LEN.value, _MAX_LEN.value, _SEED.value)
+  prob = Problem(lens, _HEADS.value, _HEAD_DIM.value, dtype, max(1, _INPUT_SETS.value),
+                 _SEED.value)
+  kind, tag = bench_common.device_tag()
+  path = os.path.join(_OUT_DIR.value, f"varlen-{_TAG.value or tag}.json")
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  logging.info("%s: %d documents, %d tokens, mean %.0f, max %d; dense batch at %d -> %s",
+               kind, len(lens), prob.total, prob.total / len(lens), prob.max_len,
+               prob.mean_len, path)
+  common = {"device": kind, "dtype": dtype, "heads": _HEADS.value, "d": _HEAD_DIM.value,
+            "tokens": prob.total, "n_docs": len(lens), "max_len": prob.max_len,
+            "min_len_flag": _MIN_LEN.value, "max_len_flag": _MAX_LEN.value,
+            "seed": _SEED.value}
+  records: list[dict[str, Any]] = []
+  failed = False
+  t_start = time.time()
+  for causal in {"both": [False, True], "true": [True], "false": [False]}[_CAUSAL.value]:
+    for mode in modes:
+      point: dict[str, dict[str, Any]] = {}
+      rel = None
+      if _CHECK.value and "jax-cudnn-padded" in _IMPLS.value:
+        try:
+          rel = prob.check(causal, mode)
+          failed |= rel > 2e-2
+        except Exception as e:  # pylint: disable=broad-except
+          logging.warning("check failed to run: %s", bench_common.short_error(e))
+      for impl in _IMPLS.value:
+        rec = dict(common, impl=impl, mode=mode, causal=causal, ms=None, tflops=None,
+                   rel_err_vs_cudnn=rel if impl == "jax_fa3-varlen" else None)
+        if impl == "jax_fa3-dense":
+          rec.update(batch=prob.dense[0][0].shape[0], seqlen=prob.mean_len)
+          flops = bench_common.flops(mode, rec["batch"], _HEADS.value, prob.mean_len,
+                                   _HEAD_DIM.value, causal)
+        else:
+          flops = useful_flops(lens, _HEADS.value, _HEAD_DIM.value, causal, mode)
+        try:
+          prep = bench_common.prepare_jitted(prob.fn(impl, causal), mode, prob.inputs(impl))
+          t = timing.time_fn(prep.fn, prep.arg_sets, warmup=_WARMUP.value, reps=_ITERS.value,
+                             min_rep_ms=_MIN_REP_MS.value)
+          rec.update(ms=t.median_ms, ms_min=t.min_ms, ms_max=t.max_ms,
+                     tflops=flops / (t.median_ms * 1e-3) / 1e12)
+        except Exception as e:  # pylint: disable=broad-except
+          rec["error"] = bench_common.short_error(e)
+          failed |= impl == "jax_fa3-varlen"
+        point[impl] = rec
+        records.append(rec)
+      ours = point.get("jax_fa3-varlen", {})
+      for impl, key in (("jax-cudnn-padded", "speedup_vs_cudnn_padded"),
+                        ("jax_fa3-dense", "tflops_vs_dense")):
+        other = point.get(impl, {})
+        if ours.get("ms") and other.get("ms"):
+          ours[key] = (other["ms"] / ours["ms"] if impl == "jax-cudnn-padded"
+                       else ours["tflops"] / other["tflops"])
+      with open(path, "w") as fh:
+        json.dump(records, fh, indent=1)
+  print(format_table(records))
+  print(f"\n{len(records)} records in {time.time() - t_start:.0f} s -> {path}")
+  if failed:
+    logging.error("jax_fa3-varlen failed or disagreed with cuDNN (rel_err > 2e-2)")
+    sys.exit(1)
+
+
+def format_table(records) -> str:
+  head = (f"{'impl':<18}{'mode':<5}{'causal':<7}{'ms':>9}{'TF/s':>8}{'vs dense':>9}"
+          f"{'x cudnn':>8}{'rel_err':>9}")
+  lines = [head, "-" * len(head)]
+  for r in records:
+    def f(key, fmt, width):
+      v = r.get(key)
+      return f"{'-' if v is None else format(v, fmt):>{width}}"
+    lines.append(f"{r['impl']:<18}{r['mode']:<5}{str(r['causal']):<7}" + f("ms", ".3f", 9)
+                 + f("tflops", ".1f", 8) + f("tflops_vs_dense", ".3f", 9)
+                 + f("speedup_vs_cudnn_padded", ".2f", 8) + f("rel_err_vs_cudnn", ".2g", 9)
+                 + (f"  ERROR {r['error'][:70]}" if r.get("error") else ""))
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  app.run(main)
