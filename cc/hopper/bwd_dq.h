@@ -22,6 +22,8 @@
 #include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/tensor.hpp>
 
+#include "cc/hopper/bwd_scratch.h"
+
 namespace jax_fa3::hopper {
 
 using namespace cute;
@@ -59,22 +61,35 @@ __device__ __forceinline__ void dq_frag_store(Frag const& frag, float* smem, int
 // the (batch, seqlen_q, heads, D) output. Grid (num_m, heads, batch),
 // kNumMmaThreads threads: thread t undoes the fragment order of consumer
 // thread t with the same TiledMma partition the main kernel used.
+// Varlen (cu_q not null): grid (padded query blocks of all sequences, heads,
+// 1); block m finds its sequence (bwd_scratch.h) and writes the rows below
+// its attended length at its offset in the packed output.
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumMmaThreads)
     bwd_dq_convert_kernel(const float* __restrict__ acc, typename Traits::Element* dq,
                           int seqlen_q, int num_heads, int num_m, int64_t batch_stride,
-                          int64_t row_stride, int64_t head_stride, float scale) {
+                          int64_t row_stride, int64_t head_stride, float scale,
+                          const int32_t* cu_q, const int32_t* used_q, int num_seqs) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
   constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
   constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2;
   int const m = blockIdx.x, head = blockIdx.y, batch = blockIdx.z, t = threadIdx.x;
   int const bh = batch * num_heads + head;
+  int m_row = m * kBlockM;  // first row of the block in the sequence
+  int64_t seq_row = 0;      // row of the sequence's row 0 in the output
+  if (cu_q != nullptr) {
+    int b = bwd_pad_seq(cu_q, num_seqs, m_row, kBlockM);
+    m_row -= int(bwd_pad_start(cu_q, b, kBlockM));
+    seq_row = cu_q[b];
+    seqlen_q = used_q ? used_q[b] : cu_q[b + 1] - cu_q[b];
+    if (m_row >= seqlen_q) return;  // padding between sequences
+  }
   typename Traits::TiledMmadQ mma;
   auto thr = mma.get_thread_slice(t);
   Tensor cQ = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kChunk>>{}));
   const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
-  Element* out = dq + batch * batch_stride + head * head_stride;
+  Element* out = dq + batch * batch_stride + seq_row * row_stride + head * head_stride;
   CUTE_UNROLL
   for (int ch = 0; ch < kChunks; ++ch) {
     const float4* src =
@@ -85,7 +100,7 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
       float vals[4] = {v.x, v.y, v.z, v.w};
       CUTE_UNROLL
       for (int k = 0; k < 4; ++k) {
-        int row = m * kBlockM + int(get<0>(cQ(4 * j + k)));
+        int row = m_row + int(get<0>(cQ(4 * j + k)));
         int col = ch * kChunk + int(get<1>(cQ(4 * j + k)));
         if (row < seqlen_q) out[int64_t(row) * row_stride + col] = static_cast<Element>(vals[k] * scale);
       }

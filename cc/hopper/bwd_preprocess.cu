@@ -2,7 +2,8 @@
 //   dpsum = rowsum(dO * O) in fp32,
 //   lse2  = lse * log2(e) (the kernel computes P = exp2(s * scale_log2 - lse2)),
 //           +inf for rows with no visible key (lse = -inf) and for the
-//           padding rows up to sq_pad, so P = 0 there without a row mask.
+//           padding rows up to sq_pad (varlen: of every sequence, and the
+//           gaps), so P = 0 there without a row mask.
 // The fp32 dQ (and GQA dK/dV) accumulators and the semaphores are zeroed by a
 // cudaMemsetAsync in run_bwd. Empty unless the gate is on.
 #if JAX_FA3_BWD
@@ -22,7 +23,9 @@ namespace {
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 
-// One warp per padded row (b, h, i), i < sq_pad.
+// One warp per padded row (b, h, i), i < sq_pad. Varlen (cu_q not null):
+// b = 0 and i runs over the padded rows of all sequences (bwd_scratch.h);
+// row i of sequence s reads packed row cu_q[s] + i - pad_start(s).
 template <class T>
 __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __restrict__ out,
                                       const float* __restrict__ lse, float* __restrict__ lse2,
@@ -30,14 +33,22 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
                                       int64_t sq_pad, int64_t heads, int d,
                                       int64_t q_batch_stride, int64_t q_row_stride,
                                       int64_t q_head_stride, int64_t lse_batch_stride,
-                                      int64_t lse_head_stride) {
+                                      int64_t lse_head_stride, const int32_t* cu_q,
+                                      const int32_t* used_q, int num_seqs) {
   int lane = threadIdx.x % 32;
   int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
   for (int64_t r = warp; r < rows; r += nwarps) {
     int64_t i = r % sq_pad, bh = r / sq_pad, h = bh % heads, b = bh / heads;
+    bool valid = i < sq;
+    if (cu_q != nullptr) {
+      int s = bwd_pad_seq(cu_q, num_seqs, i, kBwdPadM);
+      int64_t j = i - bwd_pad_start(cu_q, s, kBwdPadM);
+      valid = j < (used_q ? used_q[s] : cu_q[s + 1] - cu_q[s]);
+      i = cu_q[s] + j;
+    }
     float acc = 0.f, l = INFINITY;
-    if (i < sq) {
+    if (valid) {
       int64_t off = b * q_batch_stride + i * q_row_stride + h * q_head_stride;
       for (int x = lane; x < d; x += 32) acc += to_f(dout[off + x]) * to_f(out[off + x]);
       float v = lse[b * lse_batch_stride + h * lse_head_stride + i];
@@ -53,14 +64,15 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
 
 template <class T>
 std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s) {
-  int64_t rows = p.batch * p.num_heads * w.sq_pad;
+  int64_t rows = w.ws_batch * p.num_heads * w.sq_pad;
   int64_t blocks = (rows * 32 + 255) / 256;
   if (blocks > 65536) blocks = 65536;
   bwd_preprocess_kernel<T><<<int(blocks), 256, 0, s>>>(
       static_cast<const T*>(p.dout), static_cast<const T*>(p.out_in), p.lse_in,
       w.at<float>(p.workspace, w.off_lse2), w.at<float>(p.workspace, w.off_dpsum), rows,
       p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), p.q_batch_stride, p.q_row_stride,
-      p.q_head_stride, p.lse_batch_stride, p.lse_head_stride);
+      p.q_head_stride, p.lse_batch_stride, p.lse_head_stride,
+      p.is_varlen ? p.cu_seqlens_q : nullptr, p.seqused_q, int(p.num_seqs));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: preprocess launch failed: ") + cudaGetErrorString(err);

@@ -16,7 +16,9 @@
 //                  into fp32 workspace (deterministic: head order).
 //
 // Grid: (num_n_blocks, num_heads, batch), one CTA per key block and query
-// head; not persistent.
+// head; not persistent. Varlen: batch = sequences and num_n_blocks that of
+// the longest; each CTA takes its sequence's lengths, mask and offsets
+// (BwdKernelParams::seq).
 #pragma once
 
 #include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
@@ -57,6 +59,21 @@ __device__ __forceinline__ void bwd_sem_signal(int* sem, int tid) {
   if (tid == 0) atomicAdd(sem, 1);
 }
 
+// Rows at or past seqlen_q get -inf scores. Their lse2 is +inf, so P is
+// already 0 for finite scores; this also covers non-finite ones (varlen tiles
+// hold the next sequence's rows there).
+template <class TensorS, class TensorC>
+__device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, int row0,
+                                              int seqlen_q) {
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(s); ++r) {
+    if (row0 + int(get<0>(coord(r, 0))) >= seqlen_q) {
+      CUTE_UNROLL
+      for (int c = 0; c < size<1>(s); ++c) s(r, c) = -INFINITY;
+    }
+  }
+}
+
 template <class Traits>
 struct BwdConsumer {
   using Element = typename Traits::Element;
@@ -67,7 +84,8 @@ struct BwdConsumer {
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
                                              Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
-                                             int head, int batch, int m_lo, int m_hi, int tid) {
+                                             int head, int batch, BwdSeq const& sq, int m_lo,
+                                             int m_hi, int tid) {
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;
@@ -119,7 +137,7 @@ struct BwdConsumer {
     constexpr int kRows = decltype(size<0>(cS_rc))::value;
     constexpr int kCols = decltype(size<1>(cS_rc))::value;
 
-    int const bh = batch * p.num_heads + head;
+    FwdMask const& mask = sq.mask;
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
 
@@ -146,9 +164,10 @@ struct BwdConsumer {
       int const row0 = m * kBlockM;
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
-        int row = row0 + int(get<0>(cS_rc(r, 0)));  // < sq_pad: always in bounds
-        lse2[r] = p.lse2[int64_t(bh) * p.sq_pad + row];
-        dsum[r] = p.dpsum[int64_t(bh) * p.sq_pad + row];
+        // < the sequence's padded rows: always in bounds
+        int64_t row = sq.ws_row + row0 + int(get<0>(cS_rc(r, 0)));
+        lse2[r] = p.lse2[row];
+        dsum[r] = p.dpsum[row];
       }
       pipe_q.consumer_wait(state);
       wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
@@ -162,8 +181,14 @@ struct BwdConsumer {
         CUTE_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) = p.softcap * tanh_approx(tSrS(i) * p.softcap_pre);
       }
-      bool const full = p.mask.template block_is_full<kBlockM, kBlockN>(m, n_block);
-      if (!full) p.mask.apply(s_rc, cS_rc, row0, n0);
+      // Not full: a mask cuts the tile, or it reaches past the last query row
+      // (varlen: into the next sequence's rows, whose data must not count).
+      bool const full = mask.template block_is_full<kBlockM, kBlockN>(m, n_block) &&
+                        row0 + kBlockM <= mask.seqlen_q;
+      if (!full) {
+        mask.apply(s_rc, cS_rc, row0, n0);
+        bwd_mask_rows(s_rc, cS_rc, row0, mask.seqlen_q);
+      }
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         CUTE_UNROLL
@@ -185,6 +210,17 @@ struct BwdConsumer {
             ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
           }
           dp_rc(r, c) = ds;
+        }
+      }
+      // Masked entries (score -inf, so P = 0): P = dS = 0 exactly, set rather
+      // than multiplied, whatever finite or not the neighbour rows' dP is.
+      if (!full) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          if (!(tSrS(i) > 0.f)) {
+            tSrS(i) = 0.f;
+            tdPrdP(i) = 0.f;
+          }
         }
       }
       // The previous step's dV/dK/dQ GEMMs (all warpgroups) are done with
@@ -221,8 +257,8 @@ struct BwdConsumer {
       // the warpgroup's first thread. Deterministic: the adds into one query
       // block go in descending n_block order (see bwd_kernel for why); the
       // two warpgroups add disjoint halves, so each CTA counts twice.
-      float* dq_blk = p.dq_accum + (int64_t(bh) * p.num_m + m) * (kBlockM * D) + wg * kDqHalf;
-      int* sem = p.deterministic ? p.sem_dq + int64_t(bh) * p.num_m + m : nullptr;
+      float* dq_blk = p.dq_accum + (sq.ws_row + m * kBlockM) * D + wg * kDqHalf;
+      int* sem = p.deterministic ? p.sem_dq + sq.ws_row / kBlockM + m : nullptr;
       CUTE_UNROLL
       for (int ch = 0; ch < kDqChunks; ++ch) {
         if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
@@ -237,7 +273,7 @@ struct BwdConsumer {
         if (wg_tid == 0) {
           if (ch == 0 && sem != nullptr) {
             int nmin, nmax;
-            p.mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
+            mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
             while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
             }
           }
@@ -255,16 +291,20 @@ struct BwdConsumer {
     // smem must outlive the last bulk reduce's reads.
     if (wg_tid == 0) tma_store_wait<0>();
 
-    // dK, dV epilogue.
+    // dK, dV epilogue. The sequence's bounds are read again rather than kept
+    // live through the loop.
+    BwdSeq const se = p.seq(batch, head);
     Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
     if (p.h_h_k_ratio == 1) {
-      Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
-      Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
+      int64_t const off = se.tma_batch * p.k_batch_stride + se.k_row * p.k_row_stride +
+                          head * p.k_head_stride;
+      Element* dk = static_cast<Element*>(p.dk) + off;
+      Element* dv = static_cast<Element*>(p.dv) + off;
       CUTE_UNROLL
       for (int i = 0; i < size(tdKrdK); i += 2) {
         int row = n0 + int(get<0>(cKV(i)));
         int col = int(get<1>(cKV(i)));
-        if (row < p.seqlen_k) {
+        if (row < se.mask.seqlen_k) {
           cutlass::NumericArrayConverter<Element, float, 2> cvt;
           cutlass::Array<float, 2> k2, v2;
           k2[0] = tdKrdK(i) * p.softmax_scale;
@@ -277,7 +317,7 @@ struct BwdConsumer {
       }
     } else {
       int const head_k = head / p.h_h_k_ratio;
-      int64_t const base = (int64_t(batch) * p.num_heads_k + head_k) * p.sk_pad + n0;
+      int64_t const base = p.dkv_accum_row(batch, head_k, n_block);
       int* sem = nullptr;
       if (p.deterministic) {
         sem = p.sem_dkv + (int64_t(batch) * p.num_heads_k + head_k) * p.num_n + n_block;
@@ -314,6 +354,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // CTAs (ascending order made block n idle for ~2n steps first).
   int const n_block = p.deterministic ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
   int const head = blockIdx.y, batch = blockIdx.z;
+  // Varlen: the grid covers the longest sequence; the others' surplus key
+  // blocks have nothing to do (no other CTA waits on them).
+  BwdSeq const sq = p.seq(batch, head);
+  if (n_block * Traits::kBlockN >= sq.mask.seqlen_k) return;
 
   if (warp_idx == 0 && lane == 0) {
     cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
@@ -321,6 +365,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
     ss.barrier_kv.init(1);
+    ss.seq = sq;
   }
   typename Pipeline::Params pp;
   pp.transaction_bytes = Traits::kTmaBytesQ;
@@ -334,16 +379,16 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   __syncthreads();
 
   int m_lo, m_hi;
-  p.m_range(n_block, &m_lo, &m_hi);
+  BwdKernelParams<Traits>::m_range(sq.mask, n_block, &m_lo, &m_hi);
   if (warp_group == 0) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (warp_idx == 0) {
-      BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+      BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, sq, m_lo, m_hi,
                                lane == 0);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    BwdConsumer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+    BwdConsumer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, ss.seq, m_lo, m_hi,
                              int(threadIdx.x) - 128);
   }
 }

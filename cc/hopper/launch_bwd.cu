@@ -1,6 +1,6 @@
 // Hopper backward (JAX_FA3_BWD): bwd_workspace_bytes
 // and run_bwd (validation, workspace zeroing, preprocess, main kernel per
-// (head_dim, dtype), postprocess). Kept free of CuTe. When the gate is off
+// (head_dim, dtype), postprocess; varlen: zeros for the unattended rows). Kept free of CuTe. When the gate is off
 // (JAX_FA3_BWD=OFF) this TU is empty and device.cu provides stubs.
 #if JAX_FA3_BWD
 #include <cuda_runtime.h>
@@ -12,6 +12,7 @@
 
 #include "cc/common/params.h"
 #include "cc/hopper/api.h"
+#include "cc/hopper/varlen_fill.h"
 #define JAX_FA3_BWD_LAYOUT_ONLY
 #include "cc/hopper/launch_bwd.h"
 
@@ -45,6 +46,40 @@ std::string dispatch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
 
+// Varlen fields run_bwd relies on (the offsets' values live on the device
+// and are the caller's to validate: cc/common/varlen.h).
+std::string check_varlen(const AttnParams& p) {
+  if (p.num_seqs < 1) return "jax_fa3 hopper bwd: varlen needs at least one sequence";
+  if (p.num_seqs > 65535) return "jax_fa3 hopper bwd: more than 65535 sequences";
+  if (!p.cu_seqlens_q || !p.cu_seqlens_k) return "jax_fa3 hopper bwd: cu_seqlens_q/k is null";
+  if (p.total_q < 0 || p.total_k < 0 || p.max_seqlen_q < 0 || p.max_seqlen_k < 0)
+    return "jax_fa3 hopper bwd: invalid varlen sizes";
+  if (p.seqlen_q != p.max_seqlen_q || p.seqlen_k != p.max_seqlen_k)
+    return "jax_fa3 hopper bwd: varlen needs seqlen_q/k = max_seqlen_q/k";
+  // Packed rows and padded scratch rows are int32 in the kernels.
+  if (p.total_q + (p.num_seqs + 1) * kBwdPadN > (int64_t(1) << 31) - 1 ||
+      p.total_k + (p.num_seqs + 1) * kBwdPadN > (int64_t(1) << 31) - 1)
+    return "jax_fa3 hopper bwd: varlen total too large for int32 indexing";
+  if (p.lse_head_stride != p.total_q)
+    return "jax_fa3 hopper bwd: varlen lse must be (heads, total_q)";
+  return "";
+}
+
+// Varlen rows outside every sequence's attended part get zero gradients
+// (params.h); the tile kernels never write them.
+std::string fill_unattended(const AttnParams& p, cudaStream_t s) {
+  std::string e = fill_unattended_rows(p.dq, p.q_row_stride, p.q_head_stride, p.num_heads,
+                                       p.head_dim, p.total_q, p.cu_seqlens_q, p.seqused_q,
+                                       p.num_seqs, nullptr, 0, s);
+  for (void* x : {p.dk, p.dv}) {
+    if (e.empty())
+      e = fill_unattended_rows(x, p.k_row_stride, p.k_head_stride, p.num_heads_k, p.head_dim,
+                               p.total_k, p.cu_seqlens_k, p.seqused_k, p.num_seqs, nullptr, 0,
+                               s);
+  }
+  return e;
+}
+
 }  // namespace
 
 size_t bwd_workspace_bytes(const AttnParams& p) {
@@ -64,7 +99,12 @@ std::string run_bwd(const AttnParams& p, void* stream) {
   if (p.num_heads % p.num_heads_k != 0 || p.h_h_k_ratio != p.num_heads / p.num_heads_k) {
     return "jax_fa3 hopper bwd: num_heads must be a multiple of num_heads_k";
   }
-  if (p.seqlen_q == 0 && p.seqlen_k == 0) return "";
+  if (p.is_varlen) {
+    std::string e = check_varlen(p);
+    if (!e.empty()) return e;
+  } else if (p.seqlen_q == 0 && p.seqlen_k == 0) {
+    return "";
+  }
   if (p.seqlen_q > (int64_t(1) << 30) || p.seqlen_k > (int64_t(1) << 30)) {
     return "jax_fa3 hopper bwd: sequence too long for int32 indexing";
   }
@@ -95,7 +135,7 @@ std::string run_bwd(const AttnParams& p, void* stream) {
     return std::string("jax_fa3 hopper bwd: cudaMemsetAsync failed: ") + cudaGetErrorString(err);
   }
   std::string e;
-  bool const main_kernel = p.seqlen_q > 0 && p.seqlen_k > 0;
+  bool const main_kernel = BwdWorkspace::main_kernel(p);
   if (main_kernel) {
     e = bwd_preprocess(p, w, s);
     if (!e.empty()) return e;
@@ -105,7 +145,9 @@ std::string run_bwd(const AttnParams& p, void* stream) {
   }
   // seqlen_k == 0: dq = 0 from the zeroed accumulator; seqlen_q == 0: dk = dv
   // = 0 from the zeroed fp32 dK/dV accumulators (BwdWorkspace::make).
-  return bwd_postprocess(p, w, /*convert_dq=*/!main_kernel, s);
+  e = bwd_postprocess(p, w, /*convert_dq=*/!main_kernel, s);
+  if (e.empty() && p.is_varlen) e = fill_unattended(p, s);
+  return e;
 }
 
 }  // namespace jax_fa3::hopper

@@ -13,31 +13,44 @@
 #include <string>
 
 #include "cc/common/params.h"
+#include "cc/hopper/bwd_scratch.h"
 
 namespace jax_fa3::hopper {
 
-// Rows are padded to multiples of these so every tile's workspace access is
-// in bounds (kBlockM = 64 for all head dims; kBlockN <= 128).
-constexpr int64_t kBwdPadM = 64;
-constexpr int64_t kBwdPadN = 128;
-constexpr int64_t kBwdMinBlockN = 64;
-
 struct BwdWorkspace {
-  int64_t sq_pad = 0, sk_pad = 0, num_m = 0, num_n_max = 0;
+  // Dense: per (batch, head), rows padded to sq_pad / sk_pad. Varlen
+  // (bwd_scratch.h): per head, all sequences in one padded run of sq_pad /
+  // sk_pad rows, so "batch" is 1 in the scratch (ws_batch).
+  int64_t sq_pad = 0, sk_pad = 0, num_m = 0, num_n_max = 0, ws_batch = 0;
   // byte offsets; -1: absent
   int64_t off_lse2 = 0, off_dpsum = 0, off_dq = 0, off_dk = -1, off_dv = -1, off_sem_dq = -1,
           off_sem_dkv = -1;
   int64_t bytes = 0;          // total
   int64_t zero_begin = 0;     // [zero_begin, bytes) must be zeroed before the kernel
 
+  // Whether the main kernel runs (else dQ, dK, dV are zeros from the zeroed
+  // accumulators). A TMA descriptor cannot describe an empty tensor.
+  static bool main_kernel(const AttnParams& p) {
+    if (p.is_varlen)
+      return p.total_q > 0 && p.total_k > 0 && p.max_seqlen_q > 0 && p.max_seqlen_k > 0;
+    return p.seqlen_q > 0 && p.seqlen_k > 0;
+  }
+
   static BwdWorkspace make(const AttnParams& p) {
     BwdWorkspace w;
     auto up = [](int64_t x, int64_t a) { return (x + a - 1) / a * a; };
-    w.sq_pad = up(p.seqlen_q, kBwdPadM);
-    w.sk_pad = up(p.seqlen_k, kBwdPadN);
+    if (p.is_varlen) {
+      w.sq_pad = bwd_pad_rows(p.total_q, p.num_seqs, kBwdPadM);
+      w.sk_pad = bwd_pad_rows(p.total_k, p.num_seqs, kBwdPadN);
+      w.ws_batch = 1;
+    } else {
+      w.sq_pad = up(p.seqlen_q, kBwdPadM);
+      w.sk_pad = up(p.seqlen_k, kBwdPadN);
+      w.ws_batch = p.batch;
+    }
     w.num_m = w.sq_pad / kBwdPadM;
     w.num_n_max = up(p.seqlen_k, kBwdMinBlockN) / kBwdMinBlockN;
-    int64_t bh = p.batch * p.num_heads, bhk = p.batch * p.num_heads_k;
+    int64_t bh = w.ws_batch * p.num_heads, bhk = w.ws_batch * p.num_heads_k;
     int64_t o = 0;
     auto take = [&](int64_t n) {
       int64_t r = o;
@@ -48,15 +61,18 @@ struct BwdWorkspace {
     w.off_dpsum = take(bh * w.sq_pad * 4);
     w.zero_begin = o;
     w.off_dq = take(bh * w.sq_pad * p.head_dim * 4);
-    // fp32 dK/dV accumulators: GQA sums over the group's query heads; with
-    // seqlen_q == 0 the kernel does not run and the zeros come from here.
-    if (p.h_h_k_ratio > 1 || p.seqlen_q == 0) {
+    // fp32 dK/dV accumulators: GQA sums over the group's query heads;
+    // without query rows the kernel does not run and the zeros come from here.
+    bool const no_q = p.is_varlen ? (p.total_q == 0 || p.max_seqlen_q == 0) : p.seqlen_q == 0;
+    if (p.h_h_k_ratio > 1 || no_q) {
       w.off_dk = take(bhk * w.sk_pad * p.head_dim * 4);
       w.off_dv = take(bhk * w.sk_pad * p.head_dim * 4);
     }
     if (p.deterministic) {
       w.off_sem_dq = take(bh * w.num_m * 4);
-      if (p.h_h_k_ratio > 1) w.off_sem_dkv = take(bhk * w.num_n_max * 4);
+      // (batch = sequences, kv heads, key blocks of the longest sequence)
+      int64_t nb = p.is_varlen ? p.num_seqs : p.batch;
+      if (p.h_h_k_ratio > 1) w.off_sem_dkv = take(nb * p.num_heads_k * w.num_n_max * 4);
     }
     w.bytes = o;
     return w;
@@ -96,12 +112,19 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   static_assert(kBlockM == kBwdPadM && kBlockN <= kBwdPadN && kBlockN >= kBwdMinBlockN);
   using GmemLayout = typename Traits::GmemLayout;
 
+  // Varlen: the packed tensors, batch extent 1 (its stride, never stepped,
+  // is given the tensor's size rather than 0).
+  bool const vl = a.is_varlen;
+  int64_t const rows_q = vl ? a.total_q : a.seqlen_q, rows_k = vl ? a.total_k : a.seqlen_k;
+  int64_t const tma_batch = vl ? 1 : a.batch;
   auto q_layout = make_layout(
-      make_shape(int32_t(a.seqlen_q), int32_t(D), int32_t(a.num_heads), int32_t(a.batch)),
-      make_stride(a.q_row_stride, _1{}, a.q_head_stride, a.q_batch_stride));
+      make_shape(int32_t(rows_q), int32_t(D), int32_t(a.num_heads), int32_t(tma_batch)),
+      make_stride(a.q_row_stride, _1{}, a.q_head_stride,
+                  vl ? rows_q * a.q_row_stride : a.q_batch_stride));
   auto k_layout = make_layout(
-      make_shape(int32_t(a.seqlen_k), int32_t(D), int32_t(a.num_heads_k), int32_t(a.batch)),
-      make_stride(a.k_row_stride, _1{}, a.k_head_stride, a.k_batch_stride));
+      make_shape(int32_t(rows_k), int32_t(D), int32_t(a.num_heads_k), int32_t(tma_batch)),
+      make_stride(a.k_row_stride, _1{}, a.k_head_stride,
+                  vl ? rows_k * a.k_row_stride : a.k_batch_stride));
   static_assert(std::is_same_v<decltype(q_layout), GmemLayout>);
 
   BwdKernelParams<Traits> kp;
@@ -131,23 +154,28 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.dpsum = w.at<float>(ws, w.off_dpsum);
   kp.sem_dq = w.at<int>(ws, w.off_sem_dq);
   kp.sem_dkv = w.at<int>(ws, w.off_sem_dkv);
-  kp.seqlen_q = int(a.seqlen_q);
-  kp.seqlen_k = int(a.seqlen_k);
+  kp.rows_q = int(rows_q);
+  kp.rows_k = int(rows_k);
+  kp.tma_batch = int(tma_batch);
   kp.sq_pad = int(w.sq_pad);
   kp.sk_pad = int(w.sk_pad);
-  kp.num_m = int(w.num_m);
+  // seqlen_k is the longest sequence's under varlen (params.h).
   int num_n = int((a.seqlen_k + kBlockN - 1) / kBlockN);
   kp.num_n = num_n;
   kp.num_heads = int(a.num_heads);
   kp.num_heads_k = int(a.num_heads_k);
   kp.h_h_k_ratio = int(a.h_h_k_ratio);
-  kp.batch = int(a.batch);
   set_score_scale(a, &kp);
   kp.softmax_scale = a.softmax_scale;
   kp.mask = kernel_mask(a);
   kp.deterministic = a.deterministic;
+  kp.cu_q = vl ? a.cu_seqlens_q : nullptr;
+  kp.cu_k = vl ? a.cu_seqlens_k : nullptr;
+  kp.used_q = vl ? a.seqused_q : nullptr;
+  kp.used_k = vl ? a.seqused_k : nullptr;
+  int64_t const nb = vl ? a.num_seqs : a.batch;
 
-  if (a.num_heads > 65535 || a.batch > 65535) return "jax_fa3 hopper bwd: grid too large";
+  if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";
   auto kernel = bwd_kernel<Traits>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -160,17 +188,19 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   // n_block of the same (batch, head), as the kernel maps blockIdx.x to
   // num_n - 1 - blockIdx.x then; for GQA dK/dV, lower head of the same
   // (batch, kv head, n_block)), which the hardware has launched before.
-  dim3 grid(num_n, unsigned(a.num_heads), unsigned(a.batch));
+  dim3 grid(num_n, unsigned(a.num_heads), unsigned(nb));
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
   err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: launch failed: ") + cudaGetErrorString(err);
   }
   // dQ: undo the accumulator's fragment order, scale, cast (bwd_dq.h).
-  bwd_dq_convert_kernel<Traits><<<dim3(unsigned(w.num_m), unsigned(a.num_heads), unsigned(a.batch)),
-                                  Traits::kNumMmaThreads, 0, stream>>>(
-      kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads), int(w.num_m),
-      a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale);
+  bwd_dq_convert_kernel<Traits>
+      <<<dim3(unsigned(w.num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
+         Traits::kNumMmaThreads, 0, stream>>>(
+          kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
+          int(w.num_m), a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
+          kp.cu_q, kp.used_q, int(a.num_seqs));
   err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +

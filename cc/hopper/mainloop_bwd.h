@@ -2,10 +2,10 @@
 // configuration, kernel parameters and the producer (TMA) half of the
 // mainloop. The consumer half and the kernel are in kernel_bwd.h.
 //
-// One CTA per (key block n, query head, batch). K and V of the block are
-// loaded once (TMA) and stay in smem; Q and dO blocks stream through two
-// PipelineTmaAsync rings; lse (log2 domain) and dPsum come from the fp32
-// workspace written by bwd_preprocess.cu.
+// One CTA per (key block n, query head, batch or varlen sequence). K and V
+// of the block are loaded once (TMA) and stay in smem; Q and dO blocks
+// stream through two PipelineTmaAsync rings; lse (log2 domain) and dPsum
+// come from the fp32 workspace written by bwd_preprocess.cu.
 #pragma once
 
 #include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
@@ -14,6 +14,8 @@
 #include <cutlass/arch/barrier.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
+#include "cc/common/varlen.h"
+#include "cc/hopper/bwd_scratch.h"
 #include "cc/hopper/mainloop_fwd.h"  // wgmma_issue
 #include "cc/hopper/mask_fwd.h"
 
@@ -32,6 +34,17 @@ using namespace cute;
 template <int D> struct BwdTileConfig {
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr bool kDkvSplitD = D > 128;
+};
+
+// What one CTA's (sequence or batch entry, head) adds to the params. Dense:
+// the params' mask, rows from 0 of batch entry b. Varlen: the sequence's
+// mask and its rows in the packed tensors and in the padded scratch
+// (bwd_scratch.h).
+struct BwdSeq {
+  FwdMask mask;
+  int64_t ws_row;      // scratch row (lse2, dPsum, dQ accumulator) of query row 0
+  int q_row, k_row;    // TMA row of query / key row 0
+  int tma_batch;       // TMA batch coordinate
 };
 
 template <int kHeadDim_, class Element_>
@@ -112,6 +125,10 @@ struct BwdTraits {
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
+    // The CTA's BwdSeq: the consumers read it from here at each use rather
+    // than keep it in registers through the mainloop, which has none to
+    // spare (kept in registers, d128 spilled).
+    BwdSeq seq;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 232448, "bwd tile does not fit in shared memory");
@@ -145,25 +162,58 @@ struct BwdKernelParams {
   void* dk;  // output (input dtype), written directly when h_h_k_ratio == 1
   void* dv;
   int64_t k_batch_stride, k_row_stride, k_head_stride;
-  float* dq_accum;  // (batch, heads, num_m, kBlockM * D) fp32 in fragment order (bwd_dq.h), zeroed
-  float* dk_accum;  // (batch, heads_k, sk_pad, D) fp32, zeroed (GQA only)
+  // Scratch, dense (batch, heads, *_pad rows) or varlen (heads, *_pad rows),
+  // rows padded per sequence (bwd_scratch.h):
+  float* dq_accum;  // (.., sq_pad / kBlockM, kBlockM * D) fp32 in fragment order (bwd_dq.h), zeroed
+  float* dk_accum;  // (.., sk_pad, D) fp32 of the kv heads, zeroed (GQA only)
   float* dv_accum;
-  const float* lse2;   // (batch, heads, sq_pad): lse * log2(e); +inf for empty/pad rows
-  const float* dpsum;  // (batch, heads, sq_pad)
-  int* sem_dq;         // (batch, heads, num_m) (deterministic)
-  int* sem_dkv;        // (batch, heads_k, num_n) (deterministic GQA)
-  int seqlen_q, seqlen_k, sq_pad, sk_pad, num_m, num_n;
-  int num_heads, num_heads_k, h_h_k_ratio, batch;
+  const float* lse2;   // (.., sq_pad): lse * log2(e); +inf for empty/pad rows
+  const float* dpsum;  // (.., sq_pad)
+  int* sem_dq;         // (.., sq_pad / kBlockM) (deterministic)
+  int* sem_dkv;        // (batch or sequences, heads_k, num_n) (deterministic GQA)
+  int rows_q, rows_k;  // TMA row extents: seqlen, or total rows when varlen
+  int tma_batch;       // TMA batch extent (1 when varlen)
+  int sq_pad, sk_pad, num_n;
+  int num_heads, num_heads_k, h_h_k_ratio;
   float scale_log2;   // scale*log2(e), or log2(e) with softcap
   float softcap_pre;  // scale / softcap
   float softcap;      // 0: off
   float softmax_scale;
-  FwdMask mask;
+  FwdMask mask;       // dense; varlen: lengths per sequence (seq())
   bool deterministic;
+  // Varlen (params.h), device pointers; cu_q == nullptr: dense.
+  const int32_t *cu_q, *cu_k, *used_q, *used_k;
+
+  __device__ __forceinline__ BwdSeq seq(int batch, int head) const {
+    BwdSeq s;
+    if (cu_q == nullptr) {
+      s.mask = mask;
+      s.ws_row = (int64_t(batch) * num_heads + head) * sq_pad;
+      s.q_row = s.k_row = 0;
+      s.tma_batch = batch;
+    } else {
+      SeqBounds b = seq_bounds(cu_q, cu_k, used_q, used_k, batch);
+      s.mask = mask.for_seq(int(b.len_q), int(b.len_k));
+      s.ws_row = int64_t(head) * sq_pad + bwd_pad_start(cu_q, batch, kBwdPadM);
+      s.q_row = int(b.q_start);
+      s.k_row = int(b.k_start);
+      s.tma_batch = 0;
+    }
+    return s;
+  }
+
+  // First row of the GQA dK/dV accumulator for key block n_block.
+  __device__ __forceinline__ int64_t dkv_accum_row(int batch, int head_k, int n_block) const {
+    int64_t r = cu_k == nullptr ? (int64_t(batch) * num_heads_k + head_k) * sk_pad
+                                : int64_t(head_k) * sk_pad + bwd_pad_start(cu_k, batch, kBwdPadN);
+    return r + int64_t(n_block) * Traits::kBlockN;
+  }
 
   // Query-block range [m_lo, m_hi) whose rows see any key of block n
-  // (MaskSpec::row_range in int32).
-  __device__ __forceinline__ void m_range(int n_block, int* m_lo, int* m_hi) const {
+  // (MaskSpec::row_range in int32), under the CTA's mask.
+  __device__ __forceinline__ static void m_range(FwdMask const& mask, int n_block, int* m_lo,
+                                                 int* m_hi) {
+    int const seqlen_q = mask.seqlen_q, seqlen_k = mask.seqlen_k;
     int c0 = n_block * Traits::kBlockN;
     int c1 = min(c0 + Traits::kBlockN, seqlen_k);
     int off = seqlen_k - seqlen_q;
@@ -183,26 +233,29 @@ struct BwdProducer {
   using PipelineState = typename Traits::PipelineState;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
 
-  // Whole producer warp calls; lane 0 issues.
+  // Whole producer warp calls; lane 0 issues. Varlen: the tensors are the
+  // packed ones (batch extent 1) and the CTA's rows start at its sequence's
+  // offset; tiles reaching past the sequence read the next one's rows, which
+  // the consumers mask (or TMA's zero fill past the tensor's end).
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
                                              Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
-                                             int head, int batch, int m_lo, int m_hi,
+                                             int head, BwdSeq const& sq, int m_lo, int m_hi,
                                              bool leader) {
     if (leader && m_hi > m_lo) {
-      Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, int(D), p.num_heads, p.batch));
-      Tensor mdO = p.tma_do.get_tma_tensor(make_shape(p.seqlen_q, int(D), p.num_heads, p.batch));
-      Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, int(D), p.num_heads_k, p.batch));
-      Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, int(D), p.num_heads_k, p.batch));
+      auto qshape = make_shape(p.rows_q, int(D), p.num_heads, p.tma_batch);
+      auto kshape = make_shape(p.rows_k, int(D), p.num_heads_k, p.tma_batch);
       int head_k = head / p.h_h_k_ratio;
-      Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kBlockM>, Int<D>>{},
-                             make_coord(_, _0{}));
-      Tensor gdO = local_tile(mdO(_, _, head, batch), Shape<Int<kBlockM>, Int<D>>{},
-                              make_coord(_, _0{}));
-      Tensor gK = local_tile(mK(_, _, head_k, batch), Shape<Int<kBlockN>, Int<D>>{},
-                             make_coord(n_block, _0{}));
-      Tensor gV = local_tile(mV(_, _, head_k, batch), Shape<Int<kBlockN>, Int<D>>{},
-                             make_coord(n_block, _0{}));
+      auto qoff = make_coord(sq.q_row, _0{});
+      auto koff = make_coord(sq.k_row, _0{});
+      Tensor mQ = domain_offset(qoff, p.tma_q.get_tma_tensor(qshape)(_, _, head, sq.tma_batch));
+      Tensor mdO = domain_offset(qoff, p.tma_do.get_tma_tensor(qshape)(_, _, head, sq.tma_batch));
+      Tensor mK = domain_offset(koff, p.tma_k.get_tma_tensor(kshape)(_, _, head_k, sq.tma_batch));
+      Tensor mV = domain_offset(koff, p.tma_v.get_tma_tensor(kshape)(_, _, head_k, sq.tma_batch));
+      Tensor gQ = local_tile(mQ, Shape<Int<kBlockM>, Int<D>>{}, make_coord(_, _0{}));
+      Tensor gdO = local_tile(mdO, Shape<Int<kBlockM>, Int<D>>{}, make_coord(_, _0{}));
+      Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<D>>{}, make_coord(n_block, _0{}));
+      Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<D>>{}, make_coord(n_block, _0{}));
       Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
       Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
       Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});

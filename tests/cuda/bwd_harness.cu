@@ -5,6 +5,7 @@
 //   bwd_harness --quick         a few small cases (for compute-sanitizer)
 //   bwd_harness --sweep | --deterministic | --bench     one part only
 //   --d N                       restrict to one head dim
+//   bwd_harness --varlen ...    packed sequences (bwd_varlen_harness.cu)
 //
 // Inputs: random q, k, v, dout (rounded to the dtype); out and lse are the
 // float64 forward (out rounded to the dtype, lse as float32), so only the
@@ -34,218 +35,19 @@ using jax_fa3::DType;
 using jax_fa3::MaskSpec;
 
 #include "tests/cuda/harness_common.h"
-
-// Dense (b, s, h, d) layout.
-struct Host {
-  std::vector<float> q, k, v, dout, out, lse;  // rounded values (out, inputs) / fp32 lse
-  std::vector<double> dq, dk, dv;             // ref64
-  std::vector<float> nq, nk, nv;              // naive
-};
-
-static void reference(const Case& c, Host& H) {
-  const int d = c.d, ratio = c.h / c.hk;
-  const double scale = 1.0 / std::sqrt(double(d));
-  MaskSpec ms = MaskSpec::make(c.sq, c.sk, c.causal, c.wl, c.wr);
-  auto qi = [&](int b, int i, int h) { return ((size_t(b) * c.sq + i) * c.h + h) * d; };
-  auto ki = [&](int b, int j, int h) { return ((size_t(b) * c.sk + j) * c.hk + h) * d; };
-  H.out.assign(size_t(c.b) * c.sq * c.h * d, 0.f);
-  H.lse.assign(size_t(c.b) * c.h * c.sq, 0.f);
-  H.dq.assign(H.out.size(), 0.0);
-  H.dk.assign(size_t(c.b) * c.sk * c.hk * d, 0.0);
-  H.dv.assign(H.dk.size(), 0.0);
-  H.nq.assign(H.out.size(), 0.f);
-  H.nk.assign(H.dk.size(), 0.f);
-  H.nv.assign(H.dk.size(), 0.f);
-  std::vector<double> s(c.sk), pr(c.sk), th(c.sk);
-  std::vector<float> sf(c.sk), pf(c.sk), thf(c.sk);
-  for (int b = 0; b < c.b; ++b)
-    for (int h = 0; h < c.h; ++h) {
-      int hk = h / ratio;
-      // forward (double) -> out (rounded), lse (float)
-      for (int i = 0; i < c.sq; ++i) {
-        int64_t lo = ms.col_begin(i), hi = ms.col_end(i);
-        double mx = -INFINITY;
-        for (int64_t j = lo; j < hi; ++j) {
-          double a = 0;
-          for (int x = 0; x < d; ++x) a += double(H.q[qi(b, i, h) + x]) * H.k[ki(b, j, hk) + x];
-          a *= scale;
-          if (c.softcap > 0) a = c.softcap * std::tanh(a / c.softcap);
-          s[j] = a;
-          mx = std::max(mx, a);
-        }
-        double sum = 0;
-        for (int64_t j = lo; j < hi; ++j) sum += std::exp(s[j] - mx);
-        double lse = hi > lo ? mx + std::log(sum) : -INFINITY;
-        H.lse[(size_t(b) * c.h + h) * c.sq + i] = float(lse);
-        for (int x = 0; x < d; ++x) {
-          double o = 0;
-          for (int64_t j = lo; j < hi; ++j) o += std::exp(s[j] - lse) * H.v[ki(b, j, hk) + x];
-          H.out[qi(b, i, h) + x] = round_to(c.dt, float(o));
-        }
-      }
-      // backward: ref64 and naive
-      for (int i = 0; i < c.sq; ++i) {
-        int64_t lo = ms.col_begin(i), hi = ms.col_end(i);
-        if (hi <= lo) continue;
-        const float* q = &H.q[qi(b, i, h)];
-        const float* go = &H.dout[qi(b, i, h)];
-        const float* o = &H.out[qi(b, i, h)];
-        double D = 0;
-        float Df = 0;
-        for (int x = 0; x < d; ++x) {
-          D += double(go[x]) * o[x];
-          Df += go[x] * o[x];
-        }
-        double lse = H.lse[(size_t(b) * c.h + h) * c.sq + i];
-        for (int64_t j = lo; j < hi; ++j) {
-          const float* k = &H.k[ki(b, j, hk)];
-          const float* v = &H.v[ki(b, j, hk)];
-          double a = 0, dp = 0;
-          float af = 0, dpf = 0;
-          for (int x = 0; x < d; ++x) {
-            a += double(q[x]) * k[x];
-            dp += double(go[x]) * v[x];
-            af += q[x] * k[x];
-            dpf += go[x] * v[x];
-          }
-          a *= scale;
-          af *= float(scale);
-          double t = 0;
-          float tf = 0;
-          if (c.softcap > 0) {
-            t = std::tanh(a / c.softcap);
-            a = c.softcap * t;
-            tf = std::tanh(af / c.softcap);
-            af = c.softcap * tf;
-          }
-          double P = std::exp(a - lse);
-          float Pf = std::exp(af - float(lse));
-          double dS = P * (dp - D);
-          float dSf = Pf * (dpf - Df);
-          if (c.softcap > 0) {
-            dS *= 1 - t * t;
-            dSf *= 1 - tf * tf;
-          }
-          float Pr = round_to(c.dt, Pf), dSr = round_to(c.dt, dSf);
-          size_t kq = ki(b, j, hk), iq = qi(b, i, h);
-          for (int x = 0; x < d; ++x) {
-            H.dv[kq + x] += P * go[x];
-            H.dk[kq + x] += scale * dS * q[x];
-            H.dq[iq + x] += scale * dS * k[x];
-            H.nv[kq + x] += Pr * go[x];
-            H.nk[kq + x] += float(scale) * dSr * q[x];
-            H.nq[iq + x] += float(scale) * dSr * k[x];
-          }
-        }
-      }
-    }
-  // naive results are stored in the dtype
-  for (auto* vec : {&H.nq, &H.nk, &H.nv})
-    for (auto& x : *vec) x = round_to(c.dt, x);
-}
-
-struct Dev {
-  void *q, *k, *v, *dout, *out, *dq, *dk, *dv, *ws;
-  float* lse;
-  size_t ws_bytes;
-};
-
-static AttnParams make_params(const Case& c, const Dev& D, bool deterministic) {
-  AttnParams p;
-  set_shape_and_mask(c, &p);
-  p.softmax_scale = float(1.0 / std::sqrt(double(c.d)));
-  p.q = D.q;
-  p.k = D.k;
-  p.v = D.v;
-  p.dout = D.dout;
-  p.out_in = D.out;
-  p.lse_in = D.lse;
-  p.dq = D.dq;
-  p.dk = D.dk;
-  p.dv = D.dv;
-  p.deterministic = deterministic;
-  return p;
-}
-
-static void* upload(DType dt, const std::vector<float>& x) {
-  std::vector<uint16_t> b(x.size());
-  for (size_t i = 0; i < x.size(); ++i) b[i] = to_bits(dt, x[i]);
-  void* d = nullptr;
-  CK(cudaMalloc(&d, std::max<size_t>(b.size() * 2, 16)));
-  CK(cudaMemcpy(d, b.data(), b.size() * 2, cudaMemcpyHostToDevice));
-  return d;
-}
-static void* alloc_poison(size_t n) {
-  void* d = nullptr;
-  CK(cudaMalloc(&d, std::max<size_t>(n * 2, 16)));
-  CK(cudaMemset(d, 0xFF, n * 2));  // 0xFFFF: NaN in bf16 and fp16
-  return d;
-}
-static std::vector<float> download(DType dt, const void* d, size_t n) {
-  std::vector<uint16_t> b(n);
-  CK(cudaMemcpy(b.data(), d, n * 2, cudaMemcpyDeviceToHost));
-  std::vector<float> x(n);
-  for (size_t i = 0; i < n; ++i) x[i] = from_bits(dt, b[i]);
-  return x;
-}
+#include "tests/cuda/bwd_common.h"
 
 static Dev setup(const Case& c, const Host& H) {
-  Dev D{};
-  D.q = upload(c.dt, H.q);
-  D.k = upload(c.dt, H.k);
-  D.v = upload(c.dt, H.v);
-  D.dout = upload(c.dt, H.dout);
-  D.out = upload(c.dt, H.out);
-  CK(cudaMalloc(&D.lse, std::max<size_t>(H.lse.size() * 4, 16)));
-  CK(cudaMemcpy(D.lse, H.lse.data(), H.lse.size() * 4, cudaMemcpyHostToDevice));
-  D.dq = alloc_poison(H.q.size());
-  D.dk = alloc_poison(H.k.size());
-  D.dv = alloc_poison(H.k.size());
-  D.ws = nullptr;
-  D.ws_bytes = 0;
-  return D;
+  return upload_all(c.dt, H.q, H.k, H.v, H.dout, H.out, H.lse);
 }
-static void teardown(Dev& D) {
-  for (void* p : {D.q, D.k, D.v, D.dout, D.out, D.dq, D.dk, D.dv, D.ws, (void*)D.lse})
-    if (p) cudaFree(p);
-}
+static void teardown(Dev& D) { free_all(D); }
 
 static std::string run(const Case& c, Dev& D, bool deterministic, bool poison = true,
                        cudaStream_t s = 0) {
-  AttnParams p = make_params(c, D, deterministic);
-  size_t need = jax_fa3::hopper::bwd_workspace_bytes(p);
-  if (need > D.ws_bytes) {
-    if (D.ws) CK(cudaFree(D.ws));
-    CK(cudaMalloc(&D.ws, need));
-    D.ws_bytes = need;
-  }
-  // Poison the workspace: the kernel must not rely on it being zero.
-  if (poison && D.ws_bytes) CK(cudaMemsetAsync(D.ws, 0x7F, D.ws_bytes, s));
-  p.workspace = D.ws;
-  p.workspace_bytes = int64_t(D.ws_bytes);
-  return jax_fa3::hopper::run_bwd(p, s);
-}
-
-static bool check_tensor(const char* name, const std::vector<float>& got,
-                         const std::vector<double>& ref, const std::vector<float>& naive,
-                         DType dt, std::string* msg) {
-  double err = 0, nerr = 0, mx = 0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(got[i])) finite = false;
-    err = std::max(err, std::fabs(got[i] - ref[i]));
-    nerr = std::max(nerr, std::fabs(naive[i] - ref[i]));
-    mx = std::max(mx, std::fabs(ref[i]));
-  }
-  double eps = dt == DType::kBF16 ? 1.0 / 256 : 1.0 / 2048;
-  // atol: fp32 rounding of dP - dPsum, which cancel exactly when a row sees
-  // one key (seen up to 2.7e-6 at d=256 with unit-normal inputs).
-  double tol = 2 * nerr + 2 * eps * mx + 2e-5;
-  char buf[200];
-  snprintf(buf, sizeof buf, " %s err=%.3g naive=%.3g tol=%.3g%s", name, err, nerr, tol,
-           finite ? "" : " NONFINITE");
-  *msg += buf;
-  return finite && err <= tol;
+  AttnParams p;
+  set_shape_and_mask(c, &p);
+  set_bwd_buffers(D, deterministic, &p);
+  return run_on(p, D, poison, s);
 }
 
 // Random q, k, v, dout (unit normal, rounded to the dtype).
@@ -279,10 +81,8 @@ static bool run_case(const Case& c, unsigned seed) {
   } else {
     msg = " run_bwd: " + e;
   }
-  printf("%s %s%s\n", ok ? "PASS" : "FAIL", describe(c).c_str(), msg.c_str());
-  fflush(stdout);
   teardown(D);
-  return ok;
+  return report(ok, describe(c), msg);
 }
 
 // Runs 20 times with deterministic = true; all results must be bitwise equal.
@@ -291,29 +91,13 @@ static bool run_det(const Case& c) {
   H.out = H.dout;  // any values: only reproducibility is checked
   H.lse.assign(size_t(c.b) * c.h * c.sq, float(std::log(double(c.sk))));
   Dev D = setup(c, H);
-  std::vector<uint16_t> first[3], cur[3];
-  bool ok = true;
-  for (int it = 0; it < 20 && ok; ++it) {
-    std::string e = run(c, D, true);
-    CK(cudaDeviceSynchronize());
-    if (!e.empty()) {
-      printf("FAIL det %s run_bwd: %s\n", describe(c).c_str(), e.c_str());
-      ok = false;
-      break;
-    }
-    void* ptr[3] = {D.dq, D.dk, D.dv};
-    size_t n[3] = {H.q.size(), H.k.size(), H.k.size()};
-    for (int t = 0; t < 3; ++t) {
-      cur[t].resize(n[t]);
-      CK(cudaMemcpy(cur[t].data(), ptr[t], n[t] * 2, cudaMemcpyDeviceToHost));
-      if (it == 0) first[t] = cur[t];
-      else if (cur[t] != first[t]) ok = false;
-    }
-  }
-  printf("%s det(20 runs bitwise) %s\n", ok ? "PASS" : "FAIL", describe(c).c_str());
-  fflush(stdout);
+  AttnParams p;
+  set_shape_and_mask(c, &p);
+  set_bwd_buffers(D, true, &p);
+  std::string msg;
+  bool ok = same_bits(p, D, H.q.size(), H.k.size(), 20, &msg);
   teardown(D);
-  return ok;
+  return report(ok, "det(20 runs bitwise) " + describe(c), msg);
 }
 
 static void bench(int only_d) {
@@ -338,27 +122,11 @@ static void bench(int only_d) {
             printf("d=%d s=%d: %s\n", d, s, e.c_str());
             break;
           }
-          cudaEvent_t a, b;
-          CK(cudaEventCreate(&a));
-          CK(cudaEventCreate(&b));
-          std::vector<float> ms;
-          for (int it = 0; it < 13; ++it) {
-            CK(cudaEventRecord(a));
-            run(c, D, det, /*poison=*/false);
-            CK(cudaEventRecord(b));
-            CK(cudaEventSynchronize(b));
-            float t;
-            CK(cudaEventElapsedTime(&t, a, b));
-            if (it >= 3) ms.push_back(t);
-          }
-          std::sort(ms.begin(), ms.end());
-          double t = ms[ms.size() / 2] * 1e-3;
+          double t = median_ms([&] { run(c, D, det, /*poison=*/false); }) * 1e-3;
           double flops = 2.5 * 4.0 * c.b * c.h * double(s) * s * d * (causal ? 0.5 : 1.0);
           printf("d=%3d s=%5d %-10s %-6s %7.3f ms %7.1f TF/s\n", d, s,
                  causal ? "causal" : "noncausal", det ? "det" : "", t * 1e3, flops / t * 1e-12);
           fflush(stdout);
-          cudaEventDestroy(a);
-          cudaEventDestroy(b);
         }
         teardown(D);
       }
@@ -366,26 +134,16 @@ static void bench(int only_d) {
   }
 }
 
+// bwd_varlen_harness.cu
+int varlen_main(int argc, char** argv);
+
 int main(int argc, char** argv) {
-  bool quick = false, sweep = false, det = false, do_bench = false;
-  int only_d = 0;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") quick = true;
-    else if (a == "--sweep") sweep = true;
-    else if (a == "--deterministic") det = true;
-    else if (a == "--bench") do_bench = true;
-    else if (a == "--d" && i + 1 < argc) only_d = atoi(argv[++i]);
-  }
-  if (!quick && !sweep && !det && !do_bench) sweep = det = do_bench = true;
-  std::string dev = jax_fa3::hopper::check_device();
-  if (!dev.empty()) {
-    printf("%s\n", dev.c_str());
-    return 1;
-  }
+  if (argc > 1 && std::string(argv[1]) == "--varlen") return varlen_main(argc - 1, argv + 1);
+  Args args;
+  if (!parse_args(argc, argv, &args)) return 1;
+  bool const quick = args.quick, sweep = args.sweep, det = args.det, do_bench = args.bench;
+  std::vector<int> const dims = args.dims();
   int fails = 0, total = 0;
-  std::vector<int> dims = {64, 96, 128, 192, 256};
-  if (only_d) dims = {only_d};
   if (quick) {
     for (int d : dims) {
       for (Case c : {Case{d, DType::kBF16, 1, 77, 130, 2, 2, false, -1, -1, 0.f},
@@ -429,6 +187,6 @@ int main(int argc, char** argv) {
     }
   }
   if (sweep || det || quick) printf("%d/%d passed\n", total - fails, total);
-  if (do_bench) bench(only_d);
+  if (do_bench) bench(args.only_d);
   return fails ? 1 : 0;
 }

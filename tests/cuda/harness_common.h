@@ -96,3 +96,28 @@ static void set_shape_and_mask(const Case& c, AttnParams* out) {
   p.window_right = c.causal ? 0 : c.wr;
   p.softcap = c.softcap;
 }
+
+// A varlen problem (params.h): c.b sequences packed into total_q / total_k
+// rows, c.sq / c.sk the max lengths; the offsets are device pointers (used_*
+// may be null). The dense fields as the FFI handler sets them then
+// (cc/ffi/fill_varlen.cc): batch = sequences, seqlen = max lengths, batch
+// strides 0, LSE (heads, total_q).
+static void set_varlen_shape_and_mask(const Case& c, int64_t total_q, int64_t total_k,
+                                      const int32_t* cu_q, const int32_t* cu_k,
+                                      const int32_t* used_q, const int32_t* used_k,
+                                      AttnParams* out) {
+  set_shape_and_mask(c, out);
+  AttnParams& p = *out;
+  p.is_varlen = true;
+  p.num_seqs = c.b;
+  p.total_q = total_q;
+  p.total_k = total_k;
+  p.max_seqlen_q = c.sq;
+  p.max_seqlen_k = c.sk;
+  p.cu_seqlens_q = cu_q;
+  p.cu_seqlens_k = cu_k;
+  p.seqused_q = used_q;
+  p.seqused_k = used_k;
+  p.q_batch_stride = p.k_batch_stride = p.lse_batch_stride = 0;
+  p.lse_head_stride = total_q;
+}

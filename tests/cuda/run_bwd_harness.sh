@@ -2,7 +2,7 @@
 # Builds the Hopper library sources with the backward
 # (-DJAX_FA3_BWD=1) + tests/cuda/bwd_harness.cu with parallel
 # nvcc and runs the harness. Usage (repo root):
-#   tests/cuda/run_bwd_harness.sh [--quick|--sweep|--deterministic|--bench] [--d N]
+#   tests/cuda/run_bwd_harness.sh [--varlen] [--quick|--sweep|--deterministic|--bench] [--d N]
 # Env: CUTLASS_INC, BUILD (default /tmp/fa3_bwd_build), JOBS (default nproc),
 # HDIMS (default "64 96 128 192 256"), NO_RUN=1 to only build, EXTRA flags,
 # TIMEOUT (default 540 s: a deterministic-mode deadlock must not eat the
@@ -15,8 +15,8 @@ HDIMS=${HDIMS:-"64 96 128 192 256"}
 source tests/cuda/toolchain.sh
 DEFS="-DJAX_FA3_BWD=1"
 # The harness calls run_bwd only: the forward (launch_fwd.cu, fwd_*) is not
-# built here.
-SRCS="cc/hopper/device.cu cc/hopper/varlen_fill.cu cc/hopper/launch_bwd.cu cc/hopper/bwd_preprocess.cu cc/hopper/bwd_postprocess.cu"
+# built here. Its varlen mode (--varlen) is a TU of its own.
+SRCS="cc/hopper/device.cu cc/hopper/varlen_fill.cu cc/hopper/launch_bwd.cu cc/hopper/bwd_preprocess.cu cc/hopper/bwd_postprocess.cu tests/cuda/bwd_varlen_harness.cu"
 for d in $HDIMS; do
   DEFS="$DEFS -DJAX_FA3_HAS_HDIM$d=1"
   SRCS="$SRCS $(ls cc/hopper/instantiations/bwd_hdim${d}_*.cu)"
