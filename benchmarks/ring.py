@@ -338,11 +338,16 @@ def _profile(fn, args, name, calls=3) -> dict[str, Any]:
   if not stats:
     return {"comm_overlap": None}
   per = calls * total["n_gpus"]
-  logging.info("profile %s: %d GPUs, NCCL %.3f ms/call/GPU, exposed %.3f ms, overlap %.3f (%s)",
-               name, total["n_gpus"], total["comm_ms"] / per, total["exposed_ms"] / per,
-               total["overlap"], path)
+  logging.info("profile %s: %d GPUs, per call and GPU: NCCL %.3f ms (exposed %.3f, overlap "
+               "%.3f), attention kernels %.3f ms, other kernels %.3f ms, idle %.3f ms of %.3f "
+               "(%s)", name, total["n_gpus"], total["comm_ms"] / per, total["exposed_ms"] / per,
+               total["overlap"], total["attn_ms"] / per, total["other_ms"] / per,
+               total["idle_ms"] / per, total["span_ms"] / per, path)
   return {"comm_overlap": total["overlap"], "comm_ms_per_call": total["comm_ms"] / per,
-          "comm_exposed_ms_per_call": total["exposed_ms"] / per}
+          "comm_exposed_ms_per_call": total["exposed_ms"] / per,
+          "attn_kernel_ms_per_call": total["attn_ms"] / per,
+          "other_kernel_ms_per_call": total["other_ms"] / per,
+          "idle_ms_per_call": total["idle_ms"] / per}
 
 
 # ----------------------------------------------------------------- records --

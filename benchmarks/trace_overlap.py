@@ -9,8 +9,13 @@ per GPU, from the kernel intervals on its stream lanes:
 * ``exposed_ms``  part of it with no other kernel running on that GPU;
 * ``overlap``     1 - exposed / comm: the fraction of communication hidden
                   under compute (1.0 = fully overlapped);
-* ``compute_ms``  time covered by non-NCCL kernels, and ``span_ms`` the first
-                  kernel start to the last kernel end.
+* ``compute_ms``  time covered by non-NCCL kernels, of which ``attn_ms`` by
+                  jax_fa3's attention kernels (names with ``fwd_kernel`` /
+                  ``bwd_kernel``) and ``other_ms`` by the rest alone (merges,
+                  casts, pre/postprocess);
+* ``idle_ms``     time in the span with no kernel at all (launch gaps, host
+                  syncs), and ``span_ms`` the first kernel start to the last
+                  kernel end.
 
 NCCL kernels are recognised by name (``nccl`` in it, case-insensitive); every
 other kernel on a ``Stream`` lane counts as compute (memcpy/memset lanes are
@@ -101,8 +106,11 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
     if "memcpy" in tname.lower() or "memset" in tname.lower() or name.startswith("Mem"):
       continue
     kind = "comm" if "nccl" in name.lower() else "compute"
-    lanes = per_gpu.setdefault(e["pid"], {"comm": [], "compute": []})
-    lanes[kind].append((float(e["ts"]), float(e["ts"]) + float(e["dur"])))
+    lanes = per_gpu.setdefault(e["pid"], {"comm": [], "compute": [], "attn": []})
+    interval = (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+    lanes[kind].append(interval)
+    if "fwd_kernel" in name or "bwd_kernel" in name:
+      lanes["attn"].append(interval)
 
   stats: dict[str, dict[str, float]] = {}
   for pid, lanes in per_gpu.items():
@@ -110,12 +118,17 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
     both = _union(lanes["comm"] + lanes["compute"])
     comm_us = _length(comm)
     exposed_us = comm_us - _intersection(comm, comp)
+    attn = _union(lanes["attn"])
+    span_us = both[-1][1] - both[0][0] if both else 0.0
     stats[proc_names[pid]] = {
         "comm_ms": comm_us / 1e3,
         "exposed_ms": exposed_us / 1e3,
         "overlap": 1.0 - exposed_us / comm_us if comm_us > 0 else float("nan"),
         "compute_ms": _length(comp) / 1e3,
-        "span_ms": (both[-1][1] - both[0][0]) / 1e3 if both else 0.0,
+        "attn_ms": _length(attn) / 1e3,
+        "other_ms": (_length(comp) - _length(attn)) / 1e3,
+        "idle_ms": (span_us - _length(both)) / 1e3,
+        "span_ms": span_us / 1e3,
         "comm_kernels": len(lanes["comm"]),
         "compute_kernels": len(lanes["compute"]),
     }
@@ -124,8 +137,9 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
 
 def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
   """Totals over GPUs: comm_ms, exposed_ms, overlap (time-weighted), n_gpus."""
-  comm = sum(s["comm_ms"] for s in stats.values())
-  exposed = sum(s["exposed_ms"] for s in stats.values())
-  return {"comm_ms": comm, "exposed_ms": exposed,
-          "overlap": 1.0 - exposed / comm if comm > 0 else float("nan"),
-          "n_gpus": len(stats)}
+  total = {key: sum(s[key] for s in stats.values())
+           for key in ("comm_ms", "exposed_ms", "attn_ms", "other_ms", "idle_ms", "span_ms")}
+  comm = total["comm_ms"]
+  total["overlap"] = 1.0 - total["exposed_ms"] / comm if comm > 0 else float("nan")
+  total["n_gpus"] = len(stats)
+  return total
