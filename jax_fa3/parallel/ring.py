@@ -21,6 +21,15 @@ pair there are at most n static configurations: we enumerate them, dedupe,
 and pick one with ``lax.switch`` on a static table indexed by
 ``axis_index``. Skipped pairs cost nothing at run time.
 
+A GPU conditional makes the host wait for the device to read the branch
+index, which stalls the stream (and the transfers queued beside it). The
+zigzag causal ring would need one per step: pair (q chunk 0, k chunk 0) runs
+on the devices where the visiting block comes from a lower index and pair
+(1, 1) on the others, with the same (full) mask. Such complementary pairs
+("couples") run instead as ONE kernel call on operands chosen per device
+with ``jnp.where`` (a copy of a chunk, cheap next to the attention), their
+results routed back the same way: no control flow at all.
+
 Backward. FlashAttention's backward is exact per block when given the
 GLOBAL (merged) lse and out (P = exp(s - lse), D = rowsum(dO * O)), so each
 step calls ``primitives.bwd_call`` on (local q, visiting k/v) with the global
@@ -175,7 +184,8 @@ class _Plan:
     self.cq, self.ck = q_local // pieces, k_local // pieces
     left, right = _global_window(cfg)
     offset = n * (k_local - q_local)  # global seqlen_k - seqlen_q
-    self.steps = []
+    self.steps = []  # per step: {(a, b): (masks, table)} run with _select
+    self.couples = []  # per step: [(p1, p2, mask, on1)] run with _pick
     for s in range(n):
       pairs = {}
       for a in range(pieces):
@@ -191,7 +201,36 @@ class _Plan:
             table.append(masks.index(m))
           if not all(m.skip for m in masks):
             pairs[(a, b)] = (tuple(masks), tuple(table))
+      couples = _couples(pairs)
+      for p1, p2, _, _ in couples:
+        del pairs[p1], pairs[p2]
       self.steps.append(pairs)
+      self.couples.append(couples)
+
+
+def _couples(pairs):
+  """[(p1, p2, mask, on1)]: pairs whose configs are {skip, mask} (one mask)
+  and whose non-skip devices are complementary; on1[i] says whether device
+  i runs p1 (else p2). Greedy, in pair order."""
+  def only_mask(masks):
+    live = [m for m in masks if not m.skip]
+    return live[0] if len(live) == 1 and len(masks) == 2 else None
+  found, used = [], set()
+  keys = sorted(pairs)
+  for x, p1 in enumerate(keys):
+    for p2 in keys[x + 1:]:
+      if p1 in used or p2 in used:
+        continue
+      (m1, t1), (m2, t2) = pairs[p1], pairs[p2]
+      mask = only_mask(m1)
+      if mask is None or only_mask(m2) != mask:
+        continue
+      on1 = tuple(not m1[c].skip for c in t1)
+      on2 = tuple(not m2[c].skip for c in t2)
+      if all(a != b for a, b in zip(on1, on2)):
+        found.append((p1, p2, mask, on1))
+        used |= {p1, p2}
+  return found
 
 
 def _select(masks, table, axis_name, branches, *operands):
@@ -211,6 +250,16 @@ RING_SM_MARGIN = 8
 def with_ring_margin(cfg: primitives.AttnConfig) -> primitives.AttnConfig:
   """cfg with RING_SM_MARGIN unless the caller chose a margin."""
   return cfg if cfg.sm_margin else dataclasses.replace(cfg, sm_margin=RING_SM_MARGIN)
+
+
+def _device_flag(on, axis_name):
+  """Scalar bool: on[this device's index on axis_name]."""
+  return jnp.asarray(on, jnp.bool_)[jax.lax.axis_index(axis_name)]
+
+
+def _pick(flag, x1, x2):
+  """x1 where flag else x2 (flag a traced scalar); x1 itself if x1 is x2."""
+  return x1 if x1 is x2 else jnp.where(flag, x1, x2)
 
 
 def _ring_perm(n):
@@ -270,6 +319,16 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
       acc_out[a], acc_lse[a] = _select(
           masks, table, axis_name, [_fwd_branch(cfg, m) for m in masks],
           qs[a], ks[b], vs[b], acc_out[a], acc_lse[a])
+    for (a1, b1), (a2, b2), m, on1 in plan.couples[s]:
+      f = _device_flag(on1, axis_name)
+      o, l = _fwd_branch(cfg, m)(
+          _pick(f, qs[a1], qs[a2]), _pick(f, ks[b1], ks[b2]), _pick(f, vs[b1], vs[b2]),
+          _pick(f, acc_out[a1], acc_out[a2]), _pick(f, acc_lse[a1], acc_lse[a2]))
+      if a1 == a2:
+        acc_out[a1], acc_lse[a1] = o, l
+      else:
+        acc_out[a1], acc_out[a2] = _pick(f, o, acc_out[a1]), _pick(f, acc_out[a2], o)
+        acc_lse[a1], acc_lse[a2] = _pick(f, l, acc_lse[a1]), _pick(f, acc_lse[a2], l)
     kv = kv_next
   out = jnp.concatenate(acc_out, axis=_SEQ).astype(q.dtype)
   return out, jnp.concatenate(acc_lse, axis=-1)
@@ -319,6 +378,20 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
       dq[a] = dq[a] + g_q
       dk_step[b] = dk_step[b] + g_k
       dv_step[b] = dv_step[b] + g_v
+    for (a1, b1), (a2, b2), m, on1 in plan.couples[s]:
+      f = _device_flag(on1, axis_name)
+      g_q, g_k, g_v = _bwd_branch(cfg, m)(
+          _pick(f, qs[a1], qs[a2]), _pick(f, ks[b1], ks[b2]), _pick(f, vs[b1], vs[b2]),
+          _pick(f, os_[a1], os_[a2]), _pick(f, lses[a1], lses[a2]),
+          _pick(f, dos[a1], dos[a2]))
+      # Each gradient goes to the pieces of the pair this device ran.
+      for acc, g, i1, i2 in ((dq, g_q, a1, a2), (dk_step, g_k, b1, b2), (dv_step, g_v, b1, b2)):
+        if i1 == i2:
+          acc[i1] = acc[i1] + g
+        else:
+          zero = jnp.zeros_like(g)
+          acc[i1] = acc[i1] + _pick(f, g, zero)
+          acc[i2] = acc[i2] + _pick(f, zero, g)
     step = (jnp.concatenate(dk_step, axis=_SEQ), jnp.concatenate(dv_step, axis=_SEQ))
     # The incoming accumulator (sent last step) is only added after this
     # step's compute, so its transfer can overlap that compute.
@@ -370,9 +443,9 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
     see ``jax_fa3.parallel.zigzag``). The output is in the same layout.
 
   sm_margin: SMs each forward kernel leaves to the collective-permutes that
-    run beside it (see ``jax_fa3.attention``); None = ``RING_SM_MARGIN``.
-    Without a margin the persistent forward kernel holds every SM and the
-    next block's transfer waits for it, so communication is not overlapped.
+    run beside it (FA3's ``sm_margin``, see ``jax_fa3.attention``); None =
+    ``RING_SM_MARGIN``. A persistent kernel on every SM would leave a
+    transfer launched beside it no SM to run on.
 
   Returns the local output shard, or (out, lse) with ``return_lse`` (lse:
   float32 (*batch, heads, local_seqlen_q), no gradient).
