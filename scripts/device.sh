@@ -171,10 +171,12 @@ for stage in "$@"; do
       ;;
     ring)
       ngpu=$(nvidia-smi -L | wc -l)
-      python3 -m benchmarks.ring --out_dir "$OUT" --profile_dir /tmp/ring_prof \
-        ${RING_FLAGS:-} >"$LOGS/ring.log" 2>&1
+      # RING_XLA_FLAGS: e.g. an HLO dump into $LOGS for the schedule.
+      XLA_FLAGS="${RING_XLA_FLAGS:-}" python3 -m benchmarks.ring --out_dir "$OUT" \
+        --profile_dir /tmp/ring_prof ${RING_FLAGS:-} >"$LOGS/ring.log" 2>&1
       stamp "ring x$ngpu: rc=$?"
       grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring.log" | cut -c1-200 | tee -a "$summary"
+      grep -E "profile " "$LOGS/ring.log" | sed 's/.*\] //; s/ (\/tmp.*//' | tee -a "$summary"
       [ "${RING_EXTRA:-1}" = 1 ] || continue  # RING_EXTRA=0: main run only
       python3 -m benchmarks.ring --out_dir "$LOGS/gqa" --tokens_per_device 8192 --kv_heads 4 \
         --iters 3 >"$LOGS/ring_gqa.log" 2>&1
