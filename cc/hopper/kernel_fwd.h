@@ -13,6 +13,8 @@
 // pingpong between the consumer warpgroups through named barriers.
 //
 // Persistent: gridDim.x CTAs walk a static tile list (tile_scheduler.h).
+// kVarlen: packed sequences (params.h); tiles come from VarlenTileWalker,
+// and each carries its sequence's mask and row offsets.
 #pragma once
 
 // First: it enables CuTe's extended WGMMA shapes before any CuTe header.
@@ -59,13 +61,16 @@ struct FwdConsumer {
   }
 
   // Runs one tile for this thread (thread_idx in [0, kNumMmaThreads) over
-  // all consumer warpgroups). Returns after the epilogue stores.
+  // all consumer warpgroups). Returns after the epilogue stores. `mask` is
+  // the tile's (the params' when dense, its sequence's when varlen);
+  // q_start is the packed row of the sequence's row 0 (0 when dense).
   __device__ __forceinline__ static void run_tile(FwdKernelParams<Traits> const& p,
                                                   typename Traits::SharedStorage& ss,
                                                   Pipeline& pipe_k, Pipeline& pipe_v,
                                                   PipelineState& state, uint32_t& q_phase,
                                                   TileCoord tc, int n_min, int n_max,
-                                                  int thread_idx) {
+                                                  int thread_idx, FwdMask const& mask,
+                                                  int q_start) {
     typename Traits::TiledMmaQK mma_qk;
     typename Traits::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(thread_idx);
@@ -98,8 +103,8 @@ struct FwdConsumer {
     // boundary blocks only.
     auto process_scores = [&](int n) {
       if (p.softcap != 0.f) OnlineSoftmax<kRows>::apply_softcap(tSrS, p.softcap_pre, p.softcap);
-      if (!p.mask.template block_is_full<kBlockM, kBlockN>(tc.m_block, n)) {
-        p.mask.apply(s_rc, cS_rc, row0, n * kBlockN);
+      if (!mask.template block_is_full<kBlockM, kBlockN>(tc.m_block, n)) {
+        mask.apply(s_rc, cS_rc, row0, n * kBlockN);
       }
     };
     // P in the input dtype, laid out as the RS-WGMMA A operand.
@@ -201,13 +206,14 @@ struct FwdConsumer {
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) lse[r] = -INFINITY;
     }
-    store_output(p, tc, o_rc, cO_rc, lse, thread_idx % 128);
+    store_output(p, tc, o_rc, cO_rc, lse, thread_idx % 128, q_start, mask.seqlen_q);
   }
 };
 
-template <class Traits>
+template <class Traits, bool kVarlen>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     fwd_kernel(CUTE_GRID_CONSTANT FwdKernelParams<Traits> const p) {
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
   using Pipeline = typename Traits::MainloopPipeline;
   using PipelineState = typename Traits::PipelineState;
   using SharedStorage = typename Traits::SharedStorage;
@@ -244,14 +250,31 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if (warp_idx == 0) {
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       bool q_in_use = false;
-      for (int tile = sched.first_tile(); tile < sched.total_tiles; tile = sched.next_tile(tile)) {
-        TileCoord tc = sched.get(tile);
-        int n_min, n_max;
-        p.mask.template block_range<Traits::kBlockM, Traits::kBlockN>(tc.m_block, &n_min, &n_max);
-        if (n_max <= n_min) continue;  // consumers write zeros; nothing to load
-        FwdProducer<Traits>::load_tile(p, ss, pipe_k, pipe_v, state, tc, n_min, n_max,
-                                       /*wait_q_empty=*/q_in_use, /*leader=*/lane == 0);
-        q_in_use = true;
+      if constexpr (kVarlen) {
+        VarlenTileWalker<kBlockM, kBlockN> walk(p.vsched);
+        TileCoord tc;
+        while (walk.next(&tc)) {
+          VarlenSeq const sq = p.vsched.seq(tc.batch);
+          FwdMask const mask = p.mask.for_seq(sq.len_q, sq.len_k);
+          int n_min, n_max;
+          mask.template block_range<kBlockM, kBlockN>(tc.m_block, &n_min, &n_max);
+          if (n_max <= n_min) continue;
+          FwdProducer<Traits>::template load_tile<true>(p, ss, pipe_k, pipe_v, state, tc, n_min,
+                                                        n_max, q_in_use, lane == 0, sq.q_start,
+                                                        sq.k_start);
+          q_in_use = true;
+        }
+      } else {
+        for (int tile = sched.first_tile(); tile < sched.total_tiles;
+             tile = sched.next_tile(tile)) {
+          TileCoord tc = sched.get(tile);
+          int n_min, n_max;
+          p.mask.template block_range<kBlockM, kBlockN>(tc.m_block, &n_min, &n_max);
+          if (n_max <= n_min) continue;  // consumers write zeros; nothing to load
+          FwdProducer<Traits>::load_tile(p, ss, pipe_k, pipe_v, state, tc, n_min, n_max,
+                                         /*wait_q_empty=*/q_in_use, /*leader=*/lane == 0);
+          q_in_use = true;
+        }
       }
       // Match the consumers' last Q-empty arrival.
       if (q_in_use) {
@@ -269,12 +292,29 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
         cutlass::arch::NamedBarrier::arrive(256, uint32_t(FwdBarrier::kWarpSchedulerWG1));
       }
     }
-    for (int tile = sched.first_tile(); tile < sched.total_tiles; tile = sched.next_tile(tile)) {
-      TileCoord tc = sched.get(tile);
-      int n_min, n_max;
-      p.mask.template block_range<Traits::kBlockM, Traits::kBlockN>(tc.m_block, &n_min, &n_max);
-      FwdConsumer<Traits>::run_tile(p, ss, pipe_k, pipe_v, state, q_phase, tc, n_min, n_max,
-                                    thread_idx);
+    if constexpr (kVarlen) {
+      VarlenTileWalker<kBlockM, kBlockN> walk(p.vsched);
+      TileCoord tc;
+      while (walk.next(&tc)) {
+        VarlenSeq const sq = p.vsched.seq(tc.batch);
+        FwdMask const mask = p.mask.for_seq(sq.len_q, sq.len_k);
+        int n_min, n_max;
+        mask.template block_range<kBlockM, kBlockN>(tc.m_block, &n_min, &n_max);
+        // threadIdx.x read afresh: kept live across the walk, the thread
+        // index was spilled (4 bytes).
+        uint32_t tid;
+        asm volatile("mov.u32 %0, %%tid.x;" : "=r"(tid));
+        FwdConsumer<Traits>::run_tile(p, ss, pipe_k, pipe_v, state, q_phase, tc, n_min, n_max,
+                                      int(tid) - 128, mask, sq.q_start);
+      }
+    } else {
+      for (int tile = sched.first_tile(); tile < sched.total_tiles; tile = sched.next_tile(tile)) {
+        TileCoord tc = sched.get(tile);
+        int n_min, n_max;
+        p.mask.template block_range<kBlockM, kBlockN>(tc.m_block, &n_min, &n_max);
+        FwdConsumer<Traits>::run_tile(p, ss, pipe_k, pipe_v, state, q_phase, tc, n_min, n_max,
+                                      thread_idx, p.mask, 0);
+      }
     }
     if constexpr (Traits::kPingpong) {
       // Consume the last warpgroup's final hand-over so no arrival is left pending.

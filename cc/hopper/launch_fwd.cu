@@ -6,10 +6,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "cc/common/params.h"
 #include "cc/hopper/api.h"
+#include "cc/hopper/varlen_fill.h"
 
 namespace jax_fa3::hopper {
 
@@ -82,13 +84,83 @@ __global__ void fill_empty_rows(uint16_t* out, float* lse, int64_t rows, int64_t
   }
 }
 
+std::string launch_error(const char* what) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess) return "";
+  return std::string("jax_fa3 hopper fwd: ") + what + " failed: " + cudaGetErrorString(err);
+}
+
+std::string dispatch(const AttnParams& p, cudaStream_t s) {
+  if (p.dtype == DType::kBF16) return dispatch_hdim<cutlass::bfloat16_t>(p, s);
+  return dispatch_hdim<cutlass::half_t>(p, s);
+}
+
+// Varlen (params.h): the packed rows outside every sequence's attended part
+// get out 0 / lse -inf from fill_unattended_rows, the attended ones from the
+// kernel. The offsets live in device memory, so only what the host knows is
+// validated; the kernel clamps the rest (tile_scheduler.h VarlenSeq).
+std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
+  const char* bad = nullptr;
+  if (p.num_heads <= 0 || p.num_heads_k <= 0 || p.head_dim <= 0) bad = "invalid shape";
+  else if (p.num_heads % p.num_heads_k != 0 || p.h_h_k_ratio != p.num_heads / p.num_heads_k)
+    bad = "num_heads must be a multiple of num_heads_k";
+  else if (p.num_seqs < 1 || !p.cu_seqlens_q || !p.cu_seqlens_k)
+    bad = "varlen needs num_seqs >= 1 and cu_seqlens_q / cu_seqlens_k";
+  else if (p.total_q < 0 || p.total_k < 0 || p.max_seqlen_q < 0 || p.max_seqlen_k < 0)
+    bad = "varlen total and max lengths must be >= 0";
+  // Rows are int32 (cu_seqlens are); a tile may reach a block past the end.
+  else if (p.total_q > (int64_t(1) << 31) - 1024 || p.total_k > (int64_t(1) << 31) - 1024)
+    bad = "packed tensors too long for int32 indexing";
+  else if (p.max_seqlen_q > (int64_t(1) << 30) || p.max_seqlen_k > (int64_t(1) << 30))
+    bad = "sequence too long for int32 indexing";
+  else if (p.num_seqs * p.num_heads >= (int64_t(1) << 31))
+    bad = "too many sequences";
+  else if (p.softcap < 0.f) bad = "softcap must be >= 0";
+  if (bad) return std::string("jax_fa3 hopper fwd: ") + bad;
+  const int64_t es = 2;
+  for (int64_t st : {p.q_row_stride, p.q_head_stride, p.k_row_stride, p.k_head_stride}) {
+    if ((st * es) % 16 != 0) return "jax_fa3 hopper fwd: strides must be multiples of 16 bytes";
+  }
+  if (!aligned16(p.q) || !aligned16(p.k) || !aligned16(p.v) || !aligned16(p.out)) {
+    return "jax_fa3 hopper fwd: q/k/v/out must be 16-byte aligned";
+  }
+  if (p.lse == nullptr) return "jax_fa3 hopper fwd: lse buffer is required";
+  if (p.num_heads > 1 && p.lse_head_stride < p.total_q) {
+    return "jax_fa3 hopper fwd: varlen lse_head_stride must be >= total_q";
+  }
+  if (p.total_q == 0) return "";
+  if (!hdim_built(p.head_dim)) return dispatch(p, s);  // its message
+  if (p.total_k == 0 || p.max_seqlen_k == 0) {
+    // No sequence has a key to attend (and no TMA descriptor can describe an
+    // empty K/V): every row, attended or not, gets out 0 / lse -inf.
+    int64_t rows = p.total_q * p.num_heads;
+    int64_t blocks = (rows + 255) / 256;
+    fill_empty_rows<<<int(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
+        static_cast<uint16_t*>(p.out), p.lse, rows, p.total_q, p.num_heads, p.head_dim, 0,
+        p.q_row_stride, p.q_head_stride, 0, p.lse_head_stride);
+    return launch_error("launch");
+  }
+  std::string err = fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads,
+                                         p.head_dim, p.total_q, p.cu_seqlens_q, p.seqused_q,
+                                         p.num_seqs, p.lse, p.lse_head_stride, s);
+  if (!err.empty()) return err;
+  if (p.max_seqlen_q == 0) return "";  // no attended query row
+  return dispatch(p, s);
+}
+
 }  // namespace
+
+bool varlen_plain_rr() {
+  const char* e = std::getenv("JAX_FA3_VARLEN_PLAIN_RR");
+  return e && e[0] == '1';
+}
 
 std::string run_fwd(const AttnParams& p, void* stream) {
   if (p.dtype != DType::kBF16 && p.dtype != DType::kF16) {
     return std::string("jax_fa3 hopper fwd: dtype ") + dtype_name(p.dtype) +
            " is not supported (bfloat16 and float16 are)";
   }
+  if (p.is_varlen) return run_fwd_varlen(p, static_cast<cudaStream_t>(stream));
   if (p.batch <= 0 || p.num_heads <= 0 || p.num_heads_k <= 0 || p.seqlen_q < 0 ||
       p.seqlen_k < 0) {
     return "jax_fa3 hopper fwd: invalid shape";
@@ -127,8 +199,7 @@ std::string run_fwd(const AttnParams& p, void* stream) {
     }
     return "";
   }
-  if (p.dtype == DType::kBF16) return dispatch_hdim<cutlass::bfloat16_t>(p, s);
-  return dispatch_hdim<cutlass::half_t>(p, s);
+  return dispatch(p, s);
 }
 
 }  // namespace jax_fa3::hopper

@@ -25,6 +25,11 @@ namespace detail {
 int sm_count_cached();
 }  // namespace detail
 
+// Plain round robin over the varlen units (no sorting, no snake) when the
+// environment variable JAX_FA3_VARLEN_PLAIN_RR is set to 1: for measuring
+// the scheduler against its baseline (tests/cuda/fwd_varlen_harness.cu).
+bool varlen_plain_rr();
+
 template <class Traits>
 std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   using Element = typename Traits::Element;
@@ -32,12 +37,22 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   using GmemLayout = typename Traits::GmemLayout;
   constexpr int kBlockM = Traits::kBlockM;
 
+  // Varlen: the TMA descriptors span the packed tensors, (total rows, D,
+  // heads) with a batch extent of 1; the producer offsets rows by each
+  // sequence's start. The batch stride is then never applied; any value TMA
+  // accepts (a multiple of 16 bytes) will do.
+  const bool varlen = a.is_varlen;
+  const int64_t rows_q = varlen ? a.total_q : a.seqlen_q;
+  const int64_t rows_k = varlen ? a.total_k : a.seqlen_k;
+  const int64_t nbatch = varlen ? 1 : a.batch;
   auto q_layout = make_layout(
-      make_shape(int32_t(a.seqlen_q), int32_t(D), int32_t(a.num_heads), int32_t(a.batch)),
-      make_stride(a.q_row_stride, _1{}, a.q_head_stride, a.q_batch_stride));
+      make_shape(int32_t(rows_q), int32_t(D), int32_t(a.num_heads), int32_t(nbatch)),
+      make_stride(a.q_row_stride, _1{}, a.q_head_stride,
+                  varlen ? a.q_row_stride : a.q_batch_stride));
   auto k_layout = make_layout(
-      make_shape(int32_t(a.seqlen_k), int32_t(D), int32_t(a.num_heads_k), int32_t(a.batch)),
-      make_stride(a.k_row_stride, _1{}, a.k_head_stride, a.k_batch_stride));
+      make_shape(int32_t(rows_k), int32_t(D), int32_t(a.num_heads_k), int32_t(nbatch)),
+      make_stride(a.k_row_stride, _1{}, a.k_head_stride,
+                  varlen ? a.k_row_stride : a.k_batch_stride));
   static_assert(std::is_same_v<decltype(q_layout), GmemLayout>);
 
   FwdKernelParams<Traits> kp;
@@ -54,35 +69,57 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
                            Shape<Int<Traits::kBlockN>, Int<D>>{}, _1{});
   kp.out = a.out;
   kp.lse = a.lse;
-  kp.o_batch_stride = a.q_batch_stride;
+  kp.o_batch_stride = varlen ? 0 : a.q_batch_stride;
   kp.o_row_stride = a.q_row_stride;
   kp.o_head_stride = a.q_head_stride;
-  kp.lse_batch_stride = a.lse_batch_stride;
+  kp.lse_batch_stride = varlen ? 0 : a.lse_batch_stride;
   kp.lse_head_stride = a.lse_head_stride;
-  kp.seqlen_q = int(a.seqlen_q);
-  kp.seqlen_k = int(a.seqlen_k);
+  kp.seqlen_q = int(rows_q);
+  kp.seqlen_k = int(rows_k);
   kp.num_heads = int(a.num_heads);
   kp.num_heads_k = int(a.num_heads_k);
   kp.h_h_k_ratio = int(a.h_h_k_ratio);
-  kp.batch = int(a.batch);
+  kp.batch = int(nbatch);
   set_score_scale(a, &kp);
-  kp.mask = kernel_mask(a);
+  kp.mask = kernel_mask(a);  // varlen: seqlen_q/k are the max lengths
+  const bool local = kp.mask.right >= 0 || kp.mask.left >= 0;
 
   int num_m = int((a.seqlen_q + kBlockM - 1) / kBlockM);
-  int64_t total = int64_t(num_m) * a.num_heads * a.batch;
-  if (total >= (int64_t(1) << 31)) return "jax_fa3 hopper fwd: too many tiles for int32";
-  kp.sched = StaticTileScheduler{num_m, int(a.num_heads), int(total),
-                                 /*zigzag_m=*/kp.mask.right >= 0 || kp.mask.left >= 0};
-  if (total == 0) return "";
+  int64_t units;  // upper bound on the units (tiles, or tile pairs) the CTAs share
+  if (varlen) {
+    units = int64_t(local ? (num_m + 1) / 2 : num_m) * a.num_heads * a.num_seqs;
+    kp.sched = StaticTileScheduler{0, int(a.num_heads), 0, false};
+    bool plain = varlen_plain_rr();
+    kp.vsched = VarlenScheduler{a.cu_seqlens_q,     a.cu_seqlens_k,     a.seqused_q,
+                                a.seqused_k,        int(a.num_seqs),    int(a.num_heads),
+                                int(a.max_seqlen_q), int(a.max_seqlen_k), int(a.total_q),
+                                int(a.total_k),     /*pairs=*/local,
+                                /*sorted=*/!plain && a.num_seqs <= 32, /*snake=*/!plain};
+  } else {
+    units = int64_t(num_m) * a.num_heads * a.batch;
+    kp.sched = StaticTileScheduler{num_m, int(a.num_heads), int(units), /*zigzag_m=*/local};
+    kp.vsched = VarlenScheduler{};
+  }
+  // Varlen: CTA c's unit in round r is below units + grid.
+  if (units + (varlen ? detail::sm_count_cached() : 0) >= (int64_t(1) << 31)) {
+    return "jax_fa3 hopper fwd: too many tiles for int32";
+  }
+  if (units == 0) return "";
 
-  auto kernel = fwd_kernel<Traits>;
+  void (*kernel)(FwdKernelParams<Traits>) = fwd_kernel<Traits, false>;
+  if constexpr (Traits::kNumMmaWarpGroups == 2) {  // the varlen configs (launch_fwd)
+    if (varlen) kernel = fwd_kernel<Traits, true>;
+  } else if (varlen) {
+    return "jax_fa3 hopper fwd: no varlen kernel for this tile configuration";
+  }
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper fwd: cudaFuncSetAttribute failed: ") + cudaGetErrorString(err);
   }
-  int grid = StaticTileScheduler::grid_size(int(total), detail::sm_count_cached(),
-                                                  kp.sched.zigzag_m);
+  int grid = varlen ? VarlenScheduler::grid_size(units, detail::sm_count_cached())
+                    : StaticTileScheduler::grid_size(int(units), detail::sm_count_cached(),
+                                                     kp.sched.zigzag_m);
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
   err = cudaGetLastError();
   if (err != cudaSuccess) {
@@ -98,7 +135,9 @@ template <int D, class Element>
 std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
   if constexpr (D == 64) {
     bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
-    if (!masked) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
+    // Varlen stays on 2 warpgroups: with 3 the producer's 32 registers do
+    // not hold the varlen tile walk (88 bytes of spills).
+    if (!masked && !a.is_varlen) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
   }
   return launch_fwd_impl<FwdTraits<D, Element>>(a, stream);
 }

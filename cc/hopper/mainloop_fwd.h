@@ -26,13 +26,16 @@ struct FwdKernelParams {
   void* out;
   float* lse;
   int64_t o_batch_stride, o_row_stride, o_head_stride;
-  int64_t lse_batch_stride, lse_head_stride;
+  int64_t lse_batch_stride, lse_head_stride;  // varlen: batch stride 0, rows offset by q_start
+  // TMA extents: (seqlen_q/k, batch) dense; (total_q/k, 1) varlen, whose
+  // tensors are the packed ones.
   int seqlen_q, seqlen_k, num_heads, num_heads_k, h_h_k_ratio, batch;
   float scale_log2;   // factor before exp2: scale*log2(e), or log2(e) with softcap
   float softcap_pre;  // scale / softcap
   float softcap;      // 0: off
-  FwdMask mask;
-  StaticTileScheduler sched;
+  FwdMask mask;  // varlen: clamped with the max lengths; per sequence via for_seq
+  StaticTileScheduler sched;  // dense kernels
+  VarlenScheduler vsched;     // varlen kernels (fwd_kernel<Traits, true>)
 };
 
 // Issues one WGMMA batch C (+)= A * B over all k-blocks and commits it; the
@@ -70,22 +73,50 @@ struct FwdProducer {
   // the TMAs. The first K block goes out before waiting for the consumers to
   // release Q (wait_q_empty), so it is in flight while they finish the
   // previous tile.
+  //
+  // kVarlen: the tensors are the packed ones (batch extent 1) and the tile's
+  // rows start at its sequence's q_start / k_start. Blocks reaching past the
+  // sequence read the next sequence's rows (or TMA's zero fill past the end
+  // of the tensor): the consumers mask those keys (the last partial key
+  // block is never "full") and never store those query rows.
+  template <bool kVarlen = false>
   __device__ __forceinline__ static void load_tile(FwdKernelParams<Traits> const& p,
                                                    typename Traits::SharedStorage& ss,
                                                    Pipeline& pipe_k, Pipeline& pipe_v,
                                                    PipelineState& state, TileCoord tc,
                                                    int n_min, int n_max, bool wait_q_empty,
-                                                   bool leader) {
+                                                   bool leader, int q_start = 0,
+                                                   int k_start = 0) {
     Tensor mQ = p.tma_q.get_tma_tensor(make_shape(p.seqlen_q, int(kD), p.num_heads, p.batch));
     Tensor mK = p.tma_k.get_tma_tensor(make_shape(p.seqlen_k, int(kD), p.num_heads_k, p.batch));
     Tensor mV = p.tma_v.get_tma_tensor(make_shape(p.seqlen_k, int(kD), p.num_heads_k, p.batch));
     int head_k = tc.head / p.h_h_k_ratio;  // GQA: index, never copy
-    Tensor gQ = local_tile(mQ(_, _, tc.head, tc.batch), Shape<Int<kBlockM>, Int<kD>>{},
-                           make_coord(tc.m_block, _0{}));
-    Tensor gK = local_tile(mK(_, _, head_k, tc.batch), Shape<Int<kBlockN>, Int<kD>>{},
-                           make_coord(_, _0{}));  // (N, D, n_blocks)
-    Tensor gV = local_tile(mV(_, _, head_k, tc.batch), Shape<Int<kBlockN>, Int<kD>>{},
-                           make_coord(_, _0{}));
+    if constexpr (kVarlen) {
+      Tensor gQ = local_tile(domain_offset(make_coord(q_start, _0{}), mQ(_, _, tc.head, 0)),
+                             Shape<Int<kBlockM>, Int<kD>>{}, make_coord(tc.m_block, _0{}));
+      Tensor gK = local_tile(domain_offset(make_coord(k_start, _0{}), mK(_, _, head_k, 0)),
+                             Shape<Int<kBlockN>, Int<kD>>{}, make_coord(_, _0{}));
+      Tensor gV = local_tile(domain_offset(make_coord(k_start, _0{}), mV(_, _, head_k, 0)),
+                             Shape<Int<kBlockN>, Int<kD>>{}, make_coord(_, _0{}));
+      issue(p, ss, pipe_k, pipe_v, state, gQ, gK, gV, n_min, n_max, wait_q_empty, leader);
+    } else {
+      Tensor gQ = local_tile(mQ(_, _, tc.head, tc.batch), Shape<Int<kBlockM>, Int<kD>>{},
+                             make_coord(tc.m_block, _0{}));
+      Tensor gK = local_tile(mK(_, _, head_k, tc.batch), Shape<Int<kBlockN>, Int<kD>>{},
+                             make_coord(_, _0{}));  // (N, D, n_blocks)
+      Tensor gV = local_tile(mV(_, _, head_k, tc.batch), Shape<Int<kBlockN>, Int<kD>>{},
+                             make_coord(_, _0{}));
+      issue(p, ss, pipe_k, pipe_v, state, gQ, gK, gV, n_min, n_max, wait_q_empty, leader);
+    }
+  }
+
+  template <class TQ, class TK, class TV>
+  __device__ __forceinline__ static void issue(FwdKernelParams<Traits> const& p,
+                                               typename Traits::SharedStorage& ss,
+                                               Pipeline& pipe_k, Pipeline& pipe_v,
+                                               PipelineState& state, TQ const& gQ, TK const& gK,
+                                               TV const& gV, int n_min, int n_max,
+                                               bool wait_q_empty, bool leader) {
     Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
     Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
     Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
