@@ -117,8 +117,12 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper fwd: cudaFuncSetAttribute failed: ") + cudaGetErrorString(err);
   }
-  int grid = varlen ? VarlenScheduler::grid_size(units, detail::sm_count_cached())
-                    : StaticTileScheduler::grid_size(int(units), detail::sm_count_cached(),
+  // sm_margin (FA3's): leave SMs to kernels on other streams, e.g. the ring's
+  // collective-permutes, which would otherwise wait for this grid to finish.
+  int sms = detail::sm_count_cached() - a.sm_margin;
+  if (sms < 1) sms = 1;
+  int grid = varlen ? VarlenScheduler::grid_size(units, sms)
+                    : StaticTileScheduler::grid_size(int(units), sms,
                                                      kp.sched.zigzag_m);
   kernel<<<grid, Traits::kNumThreads, smem, stream>>>(kp);
   err = cudaGetLastError();
