@@ -16,9 +16,10 @@
 //                  into fp32 workspace (deterministic: head order).
 //
 // Grid: (num_n_blocks, num_heads, batch), one CTA per key block and query
-// head; not persistent. Varlen: batch = sequences and num_n_blocks that of
-// the longest; each CTA takes its sequence's lengths, mask and offsets
-// (BwdKernelParams::seq).
+// head; not persistent. Varlen (bwd_kernel<Traits, true>): batch =
+// sequences and num_n_blocks that of the longest; each CTA takes its
+// sequence's lengths, mask and offsets (BwdKernelParams::seq) and exits at
+// once past its sequence's keys.
 #pragma once
 
 #include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
@@ -74,18 +75,29 @@ __device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, 
   }
 }
 
-template <class Traits>
+// kVarlen: the CTA's mask and scratch rows come from its sequence (BwdSeq,
+// read from smem at each use); tiles reaching past the sequence hold the next
+// one's rows, so masked and out-of-sequence entries get P = dS = 0 set. The
+// dense instantiation keeps the params' mask and its register/constant
+// addressing: a shared runtime path cost 2-6% at d64/d128 (H100).
+template <class Traits, bool kVarlen>
 struct BwdConsumer {
   using Element = typename Traits::Element;
   using Pipeline = typename Traits::MainloopPipeline;
   using PipelineState = typename Traits::PipelineState;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
 
+  __device__ __forceinline__ static FwdMask const& cta_mask(BwdKernelParams<Traits> const& p,
+                                                            typename Traits::SharedStorage& ss) {
+    if constexpr (kVarlen) return ss.seq.mask;
+    else return p.mask;
+  }
+
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
                                              Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
-                                             int head, int batch, BwdSeq const& sq, int m_lo,
-                                             int m_hi, int tid) {
+                                             int head, int batch, int m_lo, int m_hi,
+                                             int tid) {
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;
@@ -137,7 +149,8 @@ struct BwdConsumer {
     constexpr int kRows = decltype(size<0>(cS_rc))::value;
     constexpr int kCols = decltype(size<1>(cS_rc))::value;
 
-    FwdMask const& mask = sq.mask;
+    FwdMask const& mask = cta_mask(p, ss);
+    int const bh = batch * p.num_heads + head;  // dense scratch
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
 
@@ -164,8 +177,10 @@ struct BwdConsumer {
       int const row0 = m * kBlockM;
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
-        // < the sequence's padded rows: always in bounds
-        int64_t row = sq.ws_row + row0 + int(get<0>(cS_rc(r, 0)));
+        // < the (sequence's) padded rows: always in bounds
+        int64_t row = row0 + int(get<0>(cS_rc(r, 0)));
+        if constexpr (kVarlen) row += ss.seq.ws_row;
+        else row += int64_t(bh) * p.sq_pad;
         lse2[r] = p.lse2[row];
         dsum[r] = p.dpsum[row];
       }
@@ -181,13 +196,14 @@ struct BwdConsumer {
         CUTE_UNROLL
         for (int i = 0; i < size(tSrS); ++i) tSrS(i) = p.softcap * tanh_approx(tSrS(i) * p.softcap_pre);
       }
-      // Not full: a mask cuts the tile, or it reaches past the last query row
-      // (varlen: into the next sequence's rows, whose data must not count).
-      bool const full = mask.template block_is_full<kBlockM, kBlockN>(m, n_block) &&
-                        row0 + kBlockM <= mask.seqlen_q;
+      // Not full: a mask cuts the tile, or (varlen) it reaches past the
+      // sequence's last query row, into the next sequence's rows. (Dense rows
+      // past seqlen_q are TMA's zeros, with lse2 = +inf: P = dS = 0.)
+      bool full = mask.template block_is_full<kBlockM, kBlockN>(m, n_block);
+      if constexpr (kVarlen) full = full && row0 + kBlockM <= mask.seqlen_q;
       if (!full) {
         mask.apply(s_rc, cS_rc, row0, n0);
-        bwd_mask_rows(s_rc, cS_rc, row0, mask.seqlen_q);
+        if constexpr (kVarlen) bwd_mask_rows(s_rc, cS_rc, row0, mask.seqlen_q);
       }
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
@@ -214,7 +230,7 @@ struct BwdConsumer {
       }
       // Masked entries (score -inf, so P = 0): P = dS = 0 exactly, set rather
       // than multiplied, whatever finite or not the neighbour rows' dP is.
-      if (!full) {
+      if (kVarlen && !full) {
         CUTE_UNROLL
         for (int i = 0; i < size(tSrS); ++i) {
           if (!(tSrS(i) > 0.f)) {
@@ -257,8 +273,11 @@ struct BwdConsumer {
       // the warpgroup's first thread. Deterministic: the adds into one query
       // block go in descending n_block order (see bwd_kernel for why); the
       // two warpgroups add disjoint halves, so each CTA counts twice.
-      float* dq_blk = p.dq_accum + (sq.ws_row + m * kBlockM) * D + wg * kDqHalf;
-      int* sem = p.deterministic ? p.sem_dq + sq.ws_row / kBlockM + m : nullptr;
+      int64_t dq_m;  // query block in the scratch
+      if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
+      else dq_m = int64_t(bh) * p.num_m + m;
+      float* dq_blk = p.dq_accum + dq_m * (kBlockM * D) + wg * kDqHalf;
+      int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
       CUTE_UNROLL
       for (int ch = 0; ch < kDqChunks; ++ch) {
         if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
@@ -291,15 +310,17 @@ struct BwdConsumer {
     // smem must outlive the last bulk reduce's reads.
     if (wg_tid == 0) tma_store_wait<0>();
 
-    // dK, dV epilogue. The sequence's bounds are read again rather than kept
-    // live through the loop.
-    BwdSeq const se = p.seq(batch, head);
+    // dK, dV epilogue. Varlen: the sequence's bounds are read again rather
+    // than kept live through the loop.
+    BwdSeq const se = p.template seq<kVarlen>(batch, head);
     Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
     if (p.h_h_k_ratio == 1) {
-      int64_t const off = se.tma_batch * p.k_batch_stride + se.k_row * p.k_row_stride +
-                          head * p.k_head_stride;
-      Element* dk = static_cast<Element*>(p.dk) + off;
-      Element* dv = static_cast<Element*>(p.dv) + off;
+      Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
+      Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
+      if constexpr (kVarlen) {  // packed: batch stride 0, rows from the sequence's start
+        dk += int64_t(se.k_row) * p.k_row_stride;
+        dv += int64_t(se.k_row) * p.k_row_stride;
+      }
       CUTE_UNROLL
       for (int i = 0; i < size(tdKrdK); i += 2) {
         int row = n0 + int(get<0>(cKV(i)));
@@ -317,7 +338,7 @@ struct BwdConsumer {
       }
     } else {
       int const head_k = head / p.h_h_k_ratio;
-      int64_t const base = p.dkv_accum_row(batch, head_k, n_block);
+      int64_t const base = p.template dkv_accum_row<kVarlen>(batch, head_k, n_block);
       int* sem = nullptr;
       if (p.deterministic) {
         sem = p.sem_dkv + (int64_t(batch) * p.num_heads_k + head_k) * p.num_n + n_block;
@@ -336,7 +357,7 @@ struct BwdConsumer {
   }
 };
 
-template <class Traits>
+template <class Traits, bool kVarlen>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     bwd_kernel(CUTE_GRID_CONSTANT BwdKernelParams<Traits> const p) {
   using Pipeline = typename Traits::MainloopPipeline;
@@ -356,8 +377,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int const head = blockIdx.y, batch = blockIdx.z;
   // Varlen: the grid covers the longest sequence; the others' surplus key
   // blocks have nothing to do (no other CTA waits on them).
-  BwdSeq const sq = p.seq(batch, head);
-  if (n_block * Traits::kBlockN >= sq.mask.seqlen_k) return;
+  BwdSeq const sq = p.template seq<kVarlen>(batch, head);
+  if (kVarlen && n_block * Traits::kBlockN >= sq.mask.seqlen_k) return;
 
   if (warp_idx == 0 && lane == 0) {
     cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
@@ -365,7 +386,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
     ss.barrier_kv.init(1);
-    ss.seq = sq;
+    if constexpr (kVarlen) ss.seq = sq;
   }
   typename Pipeline::Params pp;
   pp.transaction_bytes = Traits::kTmaBytesQ;
@@ -388,8 +409,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    BwdConsumer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, ss.seq, m_lo, m_hi,
-                             int(threadIdx.x) - 128);
+    BwdConsumer<Traits, kVarlen>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+                                      int(threadIdx.x) - 128);
   }
 }
 

@@ -143,7 +143,7 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
                            typename Traits::SmemLayoutV{}, Shape<Int<kBlockN>, Int<D>>{}, _1{});
   kp.dk = a.dk;
   kp.dv = a.dv;
-  kp.k_batch_stride = a.k_batch_stride;
+  kp.k_batch_stride = vl ? 0 : a.k_batch_stride;  // varlen: rows from k_start (BwdSeq)
   kp.k_row_stride = a.k_row_stride;
   kp.k_head_stride = a.k_head_stride;
   void* ws = a.workspace;
@@ -159,6 +159,7 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.tma_batch = int(tma_batch);
   kp.sq_pad = int(w.sq_pad);
   kp.sk_pad = int(w.sk_pad);
+  kp.num_m = int(w.num_m);
   // seqlen_k is the longest sequence's under varlen (params.h).
   int num_n = int((a.seqlen_k + kBlockN - 1) / kBlockN);
   kp.num_n = num_n;
@@ -176,7 +177,8 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   int64_t const nb = vl ? a.num_seqs : a.batch;
 
   if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";
-  auto kernel = bwd_kernel<Traits>;
+  // Two instantiations: the dense one keeps its addressing (kernel_bwd.h).
+  auto kernel = vl ? bwd_kernel<Traits, true> : bwd_kernel<Traits, false>;
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) {

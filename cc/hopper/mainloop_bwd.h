@@ -125,9 +125,9 @@ struct BwdTraits {
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
-    // The CTA's BwdSeq: the consumers read it from here at each use rather
-    // than keep it in registers through the mainloop, which has none to
-    // spare (kept in registers, d128 spilled).
+    // Varlen: the CTA's BwdSeq. The consumers read it from here at each use
+    // rather than keep it in registers through the mainloop, which has none
+    // to spare (kept in registers, d128 spilled).
     BwdSeq seq;
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
@@ -173,7 +173,7 @@ struct BwdKernelParams {
   int* sem_dkv;        // (batch or sequences, heads_k, num_n) (deterministic GQA)
   int rows_q, rows_k;  // TMA row extents: seqlen, or total rows when varlen
   int tma_batch;       // TMA batch extent (1 when varlen)
-  int sq_pad, sk_pad, num_n;
+  int sq_pad, sk_pad, num_m, num_n;  // num_m = sq_pad / kBlockM (dense)
   int num_heads, num_heads_k, h_h_k_ratio;
   float scale_log2;   // scale*log2(e), or log2(e) with softcap
   float softcap_pre;  // scale / softcap
@@ -181,12 +181,13 @@ struct BwdKernelParams {
   float softmax_scale;
   FwdMask mask;       // dense; varlen: lengths per sequence (seq())
   bool deterministic;
-  // Varlen (params.h), device pointers; cu_q == nullptr: dense.
+  // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
 
+  template <bool kVarlen>
   __device__ __forceinline__ BwdSeq seq(int batch, int head) const {
     BwdSeq s;
-    if (cu_q == nullptr) {
+    if constexpr (!kVarlen) {
       s.mask = mask;
       s.ws_row = (int64_t(batch) * num_heads + head) * sq_pad;
       s.q_row = s.k_row = 0;
@@ -203,9 +204,11 @@ struct BwdKernelParams {
   }
 
   // First row of the GQA dK/dV accumulator for key block n_block.
+  template <bool kVarlen>
   __device__ __forceinline__ int64_t dkv_accum_row(int batch, int head_k, int n_block) const {
-    int64_t r = cu_k == nullptr ? (int64_t(batch) * num_heads_k + head_k) * sk_pad
-                                : int64_t(head_k) * sk_pad + bwd_pad_start(cu_k, batch, kBwdPadN);
+    int64_t r;
+    if constexpr (kVarlen) r = int64_t(head_k) * sk_pad + bwd_pad_start(cu_k, batch, kBwdPadN);
+    else r = (int64_t(batch) * num_heads_k + head_k) * sk_pad;
     return r + int64_t(n_block) * Traits::kBlockN;
   }
 
