@@ -134,17 +134,6 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def on_gpu(x: Any) -> bool:
-  """Whether a concrete array lives on a GPU. Tracers (under jit): unknown,
-  False; the CUDA lowering of the varlen call refuses instead (_guard.py)."""
-  if not is_concrete(x) or not hasattr(x, "devices"):
-    return False
-  try:
-    return any(d.platform in ("gpu", "cuda") for d in x.devices())
-  except Exception:  # noqa: BLE001  (not a committed jax.Array)
-    return False
-
-
 def check_int32_vector(name: str, x: Any, length: int | None = None) -> None:
   if not hasattr(x, "shape") or not hasattr(x, "dtype"):
     raise TypeError(f"{name} must be an int32 array, got {type(x).__name__}")

@@ -6,7 +6,6 @@ from typing import Any
 
 import jax
 
-from jax_fa3 import _guard
 from jax_fa3 import _validate
 from jax_fa3 import primitives
 from jax_fa3 import segments
@@ -60,8 +59,8 @@ def attention(q: jax.Array,
       segment (for self-attention with contiguous segments: causal AND same
       segment). Ids need not be sorted or contiguous. A query whose id no key
       has gets output 0 (LSE -inf). Runs through the varlen path (see
-      ``jax_fa3.segments``): CPU backend only for now, and not partitioned
-      under sharding.
+      ``jax_fa3.segments``), on the CPU and Hopper backends; not
+      partitioned under sharding.
     sm_margin: number of SMs the Hopper forward leaves idle (FA3's
       ``sm_margin``), for overlapping communication kernels that run beside
       it on another stream; 0 uses every SM. Ignored by the CPU backend and
@@ -76,7 +75,6 @@ def attention(q: jax.Array,
       (rank, dtype, head_dim not a multiple of 8 in [8, 256], heads not a
       multiple of kv_heads, bad window/softcap/scale, segment_ids shape or
       dtype, sm_margin not an int in [0, 1024)).
-    NotImplementedError: ``segment_ids`` on the Hopper (CUDA) backend.
   """
   _validate.check_qkv(q, k, v)
   causal = _validate.check_bool("causal", causal)
@@ -87,8 +85,6 @@ def attention(q: jax.Array,
                                         deterministic=deterministic, sm_margin=sm_margin)
   if segment_ids is not None:
     q_seg, kv_seg = _validate.check_segment_ids(segment_ids, q, k)
-    if any(_validate.on_gpu(x) for x in (q, k, v)):
-      raise NotImplementedError(_guard.VARLEN_ON_CUDA)
     out, lse = segments.attention_with_segments(
         q, k, v, q_seg, kv_seg, cfg, same=not isinstance(segment_ids, (tuple, list)))
   else:

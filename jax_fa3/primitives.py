@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_fa3 import _ffi
-from jax_fa3 import _guard
 from jax_fa3 import _validate
 
 
@@ -167,10 +166,7 @@ attention_with_lse.defvjp(_vjp_fwd, _vjp_bwd)
 
 def _offsets(cu_q, cu_k, used_q, used_k):
   """The extra operands, in the handler's order (absent seqused omitted)."""
-  offs = (cu_q, cu_k) + tuple(x for x in (used_q, used_k) if x is not None)
-  # On CUDA the lowering stops here with a NotImplementedError (the Hopper
-  # kernels have no varlen path yet), rather than at run time in the handler.
-  return (_guard.no_varlen_on_cuda(offs[0]),) + offs[1:]
+  return (cu_q, cu_k) + tuple(x for x in (used_q, used_k) if x is not None)
 
 
 def varlen_fwd_call(q, k, v, cu_q, cu_k, used_q, used_k, cfg: AttnConfig, spec: VarlenSpec):

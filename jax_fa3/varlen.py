@@ -7,7 +7,6 @@ from typing import Any
 
 import jax
 
-from jax_fa3 import _guard
 from jax_fa3 import _validate
 from jax_fa3 import primitives
 
@@ -66,9 +65,11 @@ def attention_varlen(q: jax.Array,
       checked here only when they are concrete (eager); under ``jax.jit``
       the CPU backend checks them (cu[0] == 0, non-decreasing, cu[-1] <=
       total, seqused <= allocated length, lengths <= max_seqlen) and the
-      call fails with an XLA runtime error naming the entry.
-    NotImplementedError: on the Hopper (CUDA) backend, which has no varlen
-      path yet (raised when the call is lowered for CUDA).
+      call fails with an XLA runtime error naming the entry. The Hopper
+      backend cannot read device memory per call without a host sync, so
+      under ``jax.jit`` on the GPU invalid values are not reported: the
+      kernels keep every access inside the tensors, but the results are
+      then undefined. Validate offsets eagerly (or on CPU) when in doubt.
   """
   _validate.check_qkv(q, k, v, packed=True)
   num_seqs = _validate.check_cu_seqlens(cu_seqlens_q, cu_seqlens_k)
@@ -80,8 +81,6 @@ def attention_varlen(q: jax.Array,
   causal = _validate.check_bool("causal", causal)
   return_lse = _validate.check_bool("return_lse", return_lse)
   deterministic = _validate.check_bool("deterministic", deterministic)
-  if any(_validate.on_gpu(x) for x in (q, k, v)):
-    raise NotImplementedError(_guard.VARLEN_ON_CUDA)
   _validate.check_varlen_values(cu_seqlens_q, cu_seqlens_k, seqused_q, seqused_k,
                                 q.shape[0], k.shape[0], max_q, max_k)
   cfg = primitives.AttnConfig.from_args(q.shape[-1], softmax_scale=softmax_scale, causal=causal,

@@ -19,6 +19,8 @@
 #   ringab   quick A/B of the ring's overlap (ring only, no check): each
 #            RING_AB_MARGINS sm_margin, then XLA's latency-hiding scheduler +
 #            high-priority collective stream flags; json in $OUT/ab
+#   varlen   issue 7 through JAX: tests/test_gpu_varlen.py, invalid offsets under
+#            compute-sanitizer memcheck, python -m benchmarks.varlen ($VARLEN_FLAGS)
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -207,6 +209,17 @@ for stage in "$@"; do
         python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag lhs $ab >"$LOGS/ringab_lhs.log" 2>&1
       stamp "ring A/B LHS+priority flags (default margin): rc=$?"
       grep -E "^ring|profile " "$LOGS/ringab_lhs.log" | sed 's/(\/tmp.*//' | cut -c1-200 | tee -a "$summary"
+      ;;
+    varlen)
+      $lowpin python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py >"$LOGS/gpu_varlen.log" 2>&1
+      stamp "gpu varlen tests: rc=$? $(tail -1 "$LOGS/gpu_varlen.log")"
+      grep -E "^(FAILED|ERROR)" "$LOGS/gpu_varlen.log" | head -10 | cut -c1-300 | tee -a "$summary"
+      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 compute-sanitizer --tool memcheck \
+        --error-exitcode 1 python3 tests/cuda/bad_offsets.py >"$LOGS/bad_offsets.log" 2>&1
+      stamp "bad offsets under memcheck: rc=$? $(grep -c ": ran" "$LOGS/bad_offsets.log") cases ran, $(grep "ERROR SUMMARY" "$LOGS/bad_offsets.log" | tail -1)"
+      $lowpin python3 -m benchmarks.varlen --out_dir "$OUT" ${VARLEN_FLAGS:-} >"$LOGS/bench_varlen.log" 2>&1
+      stamp "bench varlen: rc=$?"
+      grep -A20 "^impl" "$LOGS/bench_varlen.log" | tee -a "$summary"
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"

@@ -1,6 +1,7 @@
 """Variable-length (packed) attention and segment_ids through the FFI path
 (CPU backend) vs float64 references run on each sequence alone, the error
-paths for bad offsets, and the Hopper backend's refusal (no varlen yet)."""
+paths for bad offsets, and the lowering for CUDA (tests/test_gpu_varlen.py
+runs the Hopper kernels)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,24 @@ def test_dtypes(rng, dtype):
   check_grads(rng, q, k, v, cu_q, cu_k, 77, 70, dtype, **kw)
 
 
+def dead_rows(cu, used, total):
+  """Bool mask of the rows of a packed side that no sequence attends."""
+  dead = np.ones(total, bool)
+  for b, n in enumerate(used):
+    dead[int(cu[b]):int(cu[b]) + int(n)] = False
+  return dead
+
+
+def check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k):
+  """Unattended rows: out 0, lse -inf, zero gradients; returns (dead_q, dead_k)."""
+  dead_q = dead_rows(cu_q, used_q, out.shape[0])
+  dead_k = dead_rows(cu_k, used_k, dk.shape[0])
+  assert np.all(f64(out)[dead_q] == 0) and np.all(np.isneginf(f64(lse)[:, dead_q]))
+  assert np.all(f64(dq)[dead_q] == 0)
+  assert np.all(f64(dk)[dead_k] == 0) and np.all(f64(dv)[dead_k] == 0)
+  return dead_q, dead_k
+
+
 def test_seqused(rng):
   """Only the first seqused rows of each allocated sequence count: past them
   out 0, lse -inf, zero dq (q side) and no influence, zero dk/dv (k side)."""
@@ -132,14 +151,7 @@ def test_seqused(rng):
   out, lse = check_forward(q, k, v, cu_q, cu_k, 65, 66, jnp.bfloat16, **kw)
   dq, dk, dv = check_grads(rng, q, k, v, cu_q, cu_k, 65, 66, jnp.bfloat16, **kw)
   # Rows past seqused (and the padding after the last sequence) per side.
-  dead_q = np.ones(q.shape[0], bool)
-  dead_k = np.ones(k.shape[0], bool)
-  for b in range(4):
-    dead_q[int(cu_q[b]):int(cu_q[b]) + used_q[b]] = False
-    dead_k[int(cu_k[b]):int(cu_k[b]) + used_k[b]] = False
-  assert np.all(f64(out)[dead_q] == 0) and np.all(np.isneginf(f64(lse)[:, dead_q]))
-  assert np.all(f64(dq)[dead_q] == 0)
-  assert np.all(f64(dk)[dead_k] == 0) and np.all(f64(dv)[dead_k] == 0)
+  _, dead_k = check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k)
   # Garbage in the unused key rows changes nothing.
   k2 = k.at[jnp.asarray(dead_k)].set(1e4)
   out2, _ = run(q, k2, v, cu_q, cu_k, 65, 66, **kw)
@@ -379,7 +391,7 @@ def test_segment_ids_errors(rng):
     jax_fa3.attention(q, q, q, segment_ids=(seg8, seg8, seg8))
 
 
-# ------------------------------------------------- Hopper: not supported yet ----
+# ------------------------------------------------------ lowering for CUDA ----
 
 def _lower_for_cuda(fn, *args):
   traced = jax.jit(fn).trace(*args)
@@ -389,49 +401,21 @@ def _lower_for_cuda(fn, *args):
     pytest.skip(f"this jax cannot lower for another platform: {e}")
 
 
-def test_cuda_lowering_refuses_varlen_and_segment_ids(packed):
-  """Runs without a GPU: lowering for CUDA stops with NotImplementedError
-  (the guard in jax_fa3/_guard.py), while the dense call still lowers."""
+def test_cuda_lowering_of_varlen_and_segment_ids(packed):
+  """Runs without a GPU: varlen, its gradient and segment_ids lower for CUDA
+  to the jax_fa3 custom calls, with the offsets as operands (the Hopper
+  kernels take cu_seqlens; tests/test_gpu_varlen.py runs them)."""
   q, k, v, cu_q, cu_k = packed
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    _lower_for_cuda(lambda a, b, c, x, y: jax_fa3.attention_varlen(a, b, c, x, y, 6, 5),
-                    q, k, v, cu_q, cu_k)
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    _lower_for_cuda(jax.grad(lambda a: jnp.sum(jax_fa3.attention_varlen(
-        a, k, v, cu_q, cu_k, 6, 5).astype(jnp.float32))), q)
+  fwd = _lower_for_cuda(lambda a, b, c, x, y: jax_fa3.attention_varlen(a, b, c, x, y, 6, 5),
+                        q, k, v, cu_q, cu_k).as_text()
+  assert "jax_fa3_fwd" in fwd and "varlen = true" in fwd
+  bwd = _lower_for_cuda(jax.grad(lambda a: jnp.sum(jax_fa3.attention_varlen(
+      a, k, v, cu_q, cu_k, 6, 5).astype(jnp.float32))), q).as_text()
+  assert "jax_fa3_bwd" in bwd
   seg = jnp.zeros((1, 10), jnp.int32)
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    _lower_for_cuda(lambda a, s: jax_fa3.attention(a, a, a, segment_ids=s), q[None], seg)
-  _lower_for_cuda(lambda a: jax_fa3.attention(a, a, a), q[None])  # dense: fine
-
-
-@pytest.mark.gpu
-def test_gpu_varlen_not_supported_yet(rng):
-  """On the Hopper backend varlen is refused clearly: NotImplementedError
-  from Python (eager: GPU inputs; jit: the CUDA lowering guard), and the CUDA
-  handler's own error when the guard is bypassed. Replace with a CPU/CUDA
-  agreement test (as test_gpu.test_cpu_and_cuda_backends_agree) once the
-  Hopper kernels take cu_seqlens."""
-  gpu = jax.devices("gpu")[0]
-  q, k, v, cu_q, cu_k = (jax.device_put(x, gpu) for x in make_packed(
-      rng, [40, 0, 77], [40, 9, 70], 4, 2, 128, jnp.bfloat16))
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    jax_fa3.attention_varlen(q, k, v, cu_q, cu_k, 77, 70)
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    jax.jit(lambda *a: jax_fa3.attention_varlen(*a, 77, 70))(q, k, v, cu_q, cu_k)
-  seg = jax.device_put(jnp.zeros((1, 40), jnp.int32), gpu)
-  with pytest.raises(NotImplementedError, match="not supported by the Hopper"):
-    jax_fa3.attention(q[None, :40], k[None, :40], v[None, :40], segment_ids=seg)
-  # The handler itself (an ffi_call built here, without the guard).
-  from jax_fa3 import _ffi  # noqa: PLC0415
-  _ffi.extension()  # registers the targets
-  cfg = primitives.AttnConfig(softmax_scale=0.1, causal=False, window_left=-1,
-                              window_right=-1, softcap=0.0)
-  call = jax.ffi.ffi_call("jax_fa3_fwd", (jax.ShapeDtypeStruct(q.shape, q.dtype),
-                                          jax.ShapeDtypeStruct((4, q.shape[0]), jnp.float32)))
-  with pytest.raises(Exception, match="varlen .* is not supported by the Hopper backend yet"):
-    jax.block_until_ready(call(q, k, v, cu_q, cu_k,
-                               **cfg.ffi_attrs(primitives.VarlenSpec(77, 70))))
+  seg_text = _lower_for_cuda(lambda a, s: jax_fa3.attention(a, a, a, segment_ids=s),
+                             q[None], seg).as_text()
+  assert "jax_fa3_fwd" in seg_text and "varlen = true" in seg_text
 
 
 def test_segment_ids_pair_with_smaller_kv_only_id(rng):

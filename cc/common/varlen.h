@@ -39,6 +39,38 @@ JAX_FA3_HD SeqBounds seq_bounds(const int32_t* cu_q, const int32_t* cu_k,
   return s;
 }
 
+// One side (q or k) of a varlen problem as the GPU kernels read it. The
+// host cannot validate device offsets without a sync per call, so every
+// kernel reads them through this clamp: for offsets that satisfy params.h's
+// contract it changes nothing; for any others every row it names lies in
+// [0, total) and every length is <= max_len, so no access leaves the tensors
+// (the results are then undefined; jax_fa3/varlen.py says so).
+struct VarlenSide {
+  const int32_t* cu;    // (num_seqs + 1)
+  const int32_t* used;  // (num_seqs) or null
+  int64_t total;        // rows of the packed tensor
+  int64_t max_len;      // max_seqlen of this side
+
+  JAX_FA3_HD int64_t start(int64_t b) const {
+    int64_t s = cu[b];
+    return s < 0 ? 0 : (s > total ? total : s);
+  }
+  JAX_FA3_HD int64_t len(int64_t b) const {
+    int64_t n = used ? int64_t(used[b]) : int64_t(cu[b + 1]) - cu[b];
+    int64_t cap = total - start(b);
+    if (max_len < cap) cap = max_len;
+    return n < 0 ? 0 : (n > cap ? cap : n);
+  }
+};
+
+// The sides of a varlen AttnParams (seqlen_q/k hold the max lengths).
+inline VarlenSide varlen_side_q(const AttnParams& p) {
+  return VarlenSide{p.cu_seqlens_q, p.seqused_q, p.total_q, p.seqlen_q};
+}
+inline VarlenSide varlen_side_k(const AttnParams& p) {
+  return VarlenSide{p.cu_seqlens_k, p.seqused_k, p.total_k, p.seqlen_k};
+}
+
 namespace varlen_detail {
 inline std::string check_side(const char* side, const int32_t* cu, const int32_t* used,
                               int64_t n, int64_t total, int64_t max_len) {

@@ -34,16 +34,6 @@ ffi::Error from_message(const std::string& msg) {
   return ffi::Error::Internal("jax_fa3: " + msg);
 }
 
-// The Hopper backend has no varlen path yet (its kernels would need
-// per-sequence offsets in the tile scheduler and TMA descriptors); refuse
-// clearly instead of running the dense kernel on packed data.
-ffi::Error refuse_varlen_on_cuda(const AttnParams& p) {
-  if (!p.is_varlen) return ffi::Error::Success();
-  return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                    "jax_fa3: varlen (cu_seqlens / seqused, or segment_ids) is not supported "
-                    "by the Hopper backend yet; run it on the CPU backend");
-}
-
 ffi::Error fill_fwd(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
                     const ffi::RemainingArgs& offsets, ffi::Result<ffi::AnyBuffer> out,
                     ffi::Result<ffi::Buffer<ffi::F32>> lse, const Attrs& a,
@@ -126,7 +116,6 @@ ffi::Error FwdCudaImpl(cudaStream_t stream, ffi::AnyBuffer q, ffi::AnyBuffer k,
   VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
   JAX_FA3_RETURN_IF_ERROR(fill_fwd(q, k, v, offsets, out, lse, a, va, sm_margin,
                                    /*cuda=*/true, &p));
-  JAX_FA3_RETURN_IF_ERROR(refuse_varlen_on_cuda(p));
   return from_message(hopper::run_fwd(p, stream));
 }
 
@@ -145,7 +134,6 @@ ffi::Error BwdCudaImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi::
   VarlenAttrs va{varlen, max_seqlen_q, max_seqlen_k, has_seqused_q, has_seqused_k};
   JAX_FA3_RETURN_IF_ERROR(fill_bwd(q, k, v, out, lse, dout, offsets, dq, dk, dv, a, va,
                                    deterministic, /*cuda=*/true, &p));
-  JAX_FA3_RETURN_IF_ERROR(refuse_varlen_on_cuda(p));
   size_t bytes = hopper::bwd_workspace_bytes(p);
   if (bytes > 0) {
     // XLA's allocator: no cudaMalloc in our code, and safe under graphs.

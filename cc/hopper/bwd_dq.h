@@ -61,15 +61,16 @@ __device__ __forceinline__ void dq_frag_store(Frag const& frag, float* smem, int
 // the (batch, seqlen_q, heads, D) output. Grid (num_m, heads, batch),
 // kNumMmaThreads threads: thread t undoes the fragment order of consumer
 // thread t with the same TiledMma partition the main kernel used.
-// Varlen (cu_q not null): grid (padded query blocks of all sequences, heads,
-// 1); block m finds its sequence (bwd_scratch.h) and writes the rows below
-// its attended length at its offset in the packed output.
+// Varlen (vq.cu not null): grid (padded query blocks of all sequences,
+// heads, 1); block m finds its sequence (bwd_scratch.h) and writes the rows
+// below its attended length at its offset in the packed output (offsets
+// clamped by VarlenSide, varlen.h).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumMmaThreads)
     bwd_dq_convert_kernel(const float* __restrict__ acc, typename Traits::Element* dq,
                           int seqlen_q, int num_heads, int num_m, int64_t batch_stride,
                           int64_t row_stride, int64_t head_stride, float scale,
-                          const int32_t* cu_q, const int32_t* used_q, int num_seqs) {
+                          VarlenSide vq, int num_seqs) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
   constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
@@ -78,12 +79,12 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   int const bh = batch * num_heads + head;
   int m_row = m * kBlockM;  // first row of the block in the sequence
   int64_t seq_row = 0;      // row of the sequence's row 0 in the output
-  if (cu_q != nullptr) {
-    int b = bwd_pad_seq(cu_q, num_seqs, m_row, kBlockM);
-    m_row -= int(bwd_pad_start(cu_q, b, kBlockM));
-    seq_row = cu_q[b];
-    seqlen_q = used_q ? used_q[b] : cu_q[b + 1] - cu_q[b];
-    if (m_row >= seqlen_q) return;  // padding between sequences
+  if (vq.cu != nullptr) {
+    int b = bwd_pad_seq(vq, num_seqs, m_row, kBlockM);
+    m_row -= int(bwd_pad_start(vq, b, kBlockM));
+    seq_row = vq.start(b);
+    seqlen_q = int(vq.len(b));
+    if (m_row < 0 || m_row >= seqlen_q) return;  // padding between sequences
   }
   typename Traits::TiledMmadQ mma;
   auto thr = mma.get_thread_slice(t);

@@ -41,17 +41,17 @@ __global__ void bwd_convert_kernel(const float* __restrict__ acc, T* __restrict_
 template <class T>
 __global__ void bwd_convert_varlen_kernel(const float* __restrict__ acc, T* __restrict__ out,
                                           int64_t s_pad, int64_t heads, int d, int64_t blk,
-                                          const int32_t* cu, const int32_t* used, int num_seqs,
+                                          VarlenSide v, int num_seqs,
                                           int64_t row_stride, int64_t head_stride, float scale) {
   int lane = threadIdx.x % 32;
   int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
   for (int64_t r = warp; r < heads * s_pad; r += nwarps) {
     int64_t i = r % s_pad, h = r / s_pad;
-    int s = bwd_pad_seq(cu, num_seqs, i, blk);
-    int64_t j = i - bwd_pad_start(cu, s, blk);
-    if (j >= (used ? used[s] : cu[s + 1] - cu[s])) continue;  // padding
-    T* o = out + (cu[s] + j) * row_stride + h * head_stride;
+    int s = bwd_pad_seq(v, num_seqs, i, blk);
+    int64_t j = i - bwd_pad_start(v, s, blk);
+    if (j < 0 || j >= v.len(s)) continue;  // padding
+    T* o = out + (v.start(s) + j) * row_stride + h * head_stride;
     for (int x = lane; x < d; x += 32) from_f(acc[r * d + x] * scale, o + x);
   }
 }
@@ -67,7 +67,7 @@ std::string convert(const AttnParams& p, bool q_side, const float* acc, void* ou
     if (blocks > 65536) blocks = 65536;
     bwd_convert_varlen_kernel<T><<<int(blocks), 256, 0, st>>>(
         acc, static_cast<T*>(out), s_pad, heads, int(d), blk,
-        q_side ? p.cu_seqlens_q : p.cu_seqlens_k, q_side ? p.seqused_q : p.seqused_k,
+        q_side ? varlen_side_q(p) : varlen_side_k(p),
         int(p.num_seqs), rs, hs, scale);
   } else {
     int64_t total = b * s * heads * d;

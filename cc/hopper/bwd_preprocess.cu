@@ -23,7 +23,8 @@ namespace {
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 
-// One warp per padded row (b, h, i), i < sq_pad. Varlen (cu_q not null):
+// One warp per padded row (b, h, i), i < sq_pad. Varlen (offsets read
+// through the clamp of varlen.h's VarlenSide):
 // b = 0 and i runs over the padded rows of all sequences (bwd_scratch.h);
 // row i of sequence s reads packed row cu_q[s] + i - pad_start(s).
 template <class T>
@@ -33,19 +34,19 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
                                       int64_t sq_pad, int64_t heads, int d,
                                       int64_t q_batch_stride, int64_t q_row_stride,
                                       int64_t q_head_stride, int64_t lse_batch_stride,
-                                      int64_t lse_head_stride, const int32_t* cu_q,
-                                      const int32_t* used_q, int num_seqs) {
+                                      int64_t lse_head_stride, bool varlen, VarlenSide vq,
+                                      int num_seqs) {
   int lane = threadIdx.x % 32;
   int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
   for (int64_t r = warp; r < rows; r += nwarps) {
     int64_t i = r % sq_pad, bh = r / sq_pad, h = bh % heads, b = bh / heads;
     bool valid = i < sq;
-    if (cu_q != nullptr) {
-      int s = bwd_pad_seq(cu_q, num_seqs, i, kBwdPadM);
-      int64_t j = i - bwd_pad_start(cu_q, s, kBwdPadM);
-      valid = j < (used_q ? used_q[s] : cu_q[s + 1] - cu_q[s]);
-      i = cu_q[s] + j;
+    if (varlen) {
+      int s = bwd_pad_seq(vq, num_seqs, i, kBwdPadM);
+      int64_t j = i - bwd_pad_start(vq, s, kBwdPadM);
+      valid = j >= 0 && j < vq.len(s);
+      i = vq.start(s) + j;
     }
     float acc = 0.f, l = INFINITY;
     if (valid) {
@@ -72,7 +73,8 @@ std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
       w.at<float>(p.workspace, w.off_lse2), w.at<float>(p.workspace, w.off_dpsum), rows,
       p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), p.q_batch_stride, p.q_row_stride,
       p.q_head_stride, p.lse_batch_stride, p.lse_head_stride,
-      p.is_varlen ? p.cu_seqlens_q : nullptr, p.seqused_q, int(p.num_seqs));
+      p.is_varlen, varlen_side_q(p),
+      int(p.num_seqs));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: preprocess launch failed: ") + cudaGetErrorString(err);

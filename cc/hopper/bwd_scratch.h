@@ -18,7 +18,7 @@
 
 #include <cstdint>
 
-#include "cc/common/mask.h"  // JAX_FA3_HD
+#include "cc/common/varlen.h"  // VarlenSide, JAX_FA3_HD
 
 namespace jax_fa3::hopper {
 
@@ -28,8 +28,10 @@ constexpr int64_t kBwdPadM = 64;
 constexpr int64_t kBwdPadN = 128;
 constexpr int64_t kBwdMinBlockN = 64;
 
-JAX_FA3_HD int64_t bwd_pad_start(const int32_t* cu, int64_t b, int64_t blk) {
-  return (cu[b] + b * blk) / blk * blk;
+// From the clamped start (VarlenSide): with start(b) <= total every block
+// of every sequence stays below bwd_pad_rows, whatever the device offsets.
+JAX_FA3_HD int64_t bwd_pad_start(const VarlenSide& v, int64_t b, int64_t blk) {
+  return (v.start(b) + b * blk) / blk * blk;
 }
 
 // Rows of the padded layout: enough for every sequence's blocks; computed
@@ -40,14 +42,15 @@ JAX_FA3_HD int64_t bwd_pad_rows(int64_t total, int64_t num_seqs, int64_t blk) {
 
 #if defined(__CUDACC__)
 // The sequence whose padded region holds row r: the last b < num_seqs with
-// pad_start(b) <= r (pad_start is strictly increasing and pad_start(0) = 0).
-// The caller checks r - pad_start(b) against the sequence's length.
-__device__ __forceinline__ int bwd_pad_seq(const int32_t* cu, int num_seqs, int64_t r,
+// pad_start(b) <= r (pad_start is strictly increasing and pad_start(0) = 0
+// for valid offsets). The caller checks 0 <= r - pad_start(b) < len(b)
+// (both bounds: with invalid offsets the search may land anywhere).
+__device__ __forceinline__ int bwd_pad_seq(const VarlenSide& v, int num_seqs, int64_t r,
                                            int64_t blk) {
   int lo = 0, hi = num_seqs - 1;
   while (lo < hi) {
     int mid = (lo + hi + 1) / 2;
-    if (bwd_pad_start(cu, mid, blk) <= r) lo = mid; else hi = mid - 1;
+    if (bwd_pad_start(v, mid, blk) <= r) lo = mid; else hi = mid - 1;
   }
   return lo;
 }

@@ -202,7 +202,7 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
          Traits::kNumMmaThreads, 0, stream>>>(
           kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
           int(w.num_m), a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
-          kp.cu_q, kp.used_q, int(a.num_seqs));
+          a.is_varlen ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs));
   err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +

@@ -141,8 +141,8 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
     return launch_error("launch");
   }
   std::string err = fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads,
-                                         p.head_dim, p.total_q, p.cu_seqlens_q, p.seqused_q,
-                                         p.num_seqs, p.lse, p.lse_head_stride, s);
+                                         p.head_dim, varlen_side_q(p), p.num_seqs, p.lse,
+                                         p.lse_head_stride, s);
   if (!err.empty()) return err;
   if (p.max_seqlen_q == 0) return "";  // no attended query row
   return dispatch(p, s);

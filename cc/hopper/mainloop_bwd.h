@@ -183,6 +183,14 @@ struct BwdKernelParams {
   bool deterministic;
   // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
+  // The offsets as every varlen kernel reads them (clamped, varlen.h); the
+  // mask holds the max lengths under varlen.
+  __device__ __forceinline__ VarlenSide side_q() const {
+    return VarlenSide{cu_q, used_q, rows_q, mask.seqlen_q};
+  }
+  __device__ __forceinline__ VarlenSide side_k() const {
+    return VarlenSide{cu_k, used_k, rows_k, mask.seqlen_k};
+  }
 
   template <bool kVarlen>
   __device__ __forceinline__ BwdSeq seq(int batch, int head) const {
@@ -193,11 +201,11 @@ struct BwdKernelParams {
       s.q_row = s.k_row = 0;
       s.tma_batch = batch;
     } else {
-      SeqBounds b = seq_bounds(cu_q, cu_k, used_q, used_k, batch);
-      s.mask = mask.for_seq(int(b.len_q), int(b.len_k));
-      s.ws_row = int64_t(head) * sq_pad + bwd_pad_start(cu_q, batch, kBwdPadM);
-      s.q_row = int(b.q_start);
-      s.k_row = int(b.k_start);
+      VarlenSide const vq = side_q(), vk = side_k();
+      s.mask = mask.for_seq(int(vq.len(batch)), int(vk.len(batch)));
+      s.ws_row = int64_t(head) * sq_pad + bwd_pad_start(vq, batch, kBwdPadM);
+      s.q_row = int(vq.start(batch));
+      s.k_row = int(vk.start(batch));
       s.tma_batch = 0;
     }
     return s;
@@ -207,7 +215,7 @@ struct BwdKernelParams {
   template <bool kVarlen>
   __device__ __forceinline__ int64_t dkv_accum_row(int batch, int head_k, int n_block) const {
     int64_t r;
-    if constexpr (kVarlen) r = int64_t(head_k) * sk_pad + bwd_pad_start(cu_k, batch, kBwdPadN);
+    if constexpr (kVarlen) r = int64_t(head_k) * sk_pad + bwd_pad_start(side_k(), batch, kBwdPadN);
     else r = (int64_t(batch) * num_heads_k + head_k) * sk_pad;
     return r + int64_t(n_block) * Traits::kBlockN;
   }

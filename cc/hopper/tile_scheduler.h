@@ -106,15 +106,14 @@ struct VarlenScheduler {
   bool snake;   // mirror the CTA order in odd rounds
 
   __device__ __forceinline__ VarlenSeq seq(int b) const {
-    SeqBounds s = seq_bounds(cu_q, cu_k, used_q, used_k, b);
+    // The clamp every varlen kernel and the fill share (varlen.h).
+    VarlenSide const vq{cu_q, used_q, total_q, max_seqlen_q};
+    VarlenSide const vk{cu_k, used_k, total_k, max_seqlen_k};
     VarlenSeq r;
-    r.q_start = int(s.q_start);
-    r.k_start = int(s.k_start);
-    int lq = int(s.len_q), lk = int(s.len_k);
-    if (r.q_start < 0 || r.q_start > total_q) r.q_start = lq = 0;
-    if (r.k_start < 0 || r.k_start > total_k) r.k_start = lk = 0;
-    r.len_q = max(0, min(lq, min(max_seqlen_q, total_q - r.q_start)));
-    r.len_k = max(0, min(lk, min(max_seqlen_k, total_k - r.k_start)));
+    r.q_start = int(vq.start(b));
+    r.k_start = int(vk.start(b));
+    r.len_q = int(vq.len(b));
+    r.len_k = int(vk.len(b));
     return r;
   }
 

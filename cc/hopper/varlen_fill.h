@@ -10,17 +10,18 @@
 #include <cstdint>
 #include <string>
 
+#include "cc/common/varlen.h"
+
 namespace jax_fa3::hopper {
 
-// Zeroes every unattended row of the packed 2-byte tensor x
-// (total rows, `heads` heads of `d` elements, row/head strides in elements)
-// and, when lse is not null, sets lse[h * lse_head_stride + row] = -inf for
-// those rows. `cu` (num_seqs + 1) and `used` (num_seqs, or null) are device
-// pointers with the conventions of cc/common/varlen.h. Returns "" or the
-// launch error.
+// Zeroes every unattended row of the packed 2-byte tensor x (v.total rows,
+// `heads` heads of `d` elements, row/head strides in elements) and, when lse
+// is not null, sets lse[h * lse_head_stride + row] = -inf for those rows.
+// The offsets (device pointers) are read through the same clamp as the
+// attention kernels (VarlenSide), so even for invalid offsets every row is
+// written by the kernels or by this fill. Returns "" or the launch error.
 std::string fill_unattended_rows(void* x, int64_t row_stride, int64_t head_stride, int64_t heads,
-                                 int64_t d, int64_t total, const int32_t* cu, const int32_t* used,
-                                 int64_t num_seqs, float* lse, int64_t lse_head_stride,
-                                 cudaStream_t stream);
+                                 int64_t d, VarlenSide v, int64_t num_seqs, float* lse,
+                                 int64_t lse_head_stride, cudaStream_t stream);
 
 }  // namespace jax_fa3::hopper

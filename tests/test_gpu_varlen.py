@@ -1,0 +1,107 @@
+"""Varlen (cu_seqlens / seqused) and segment_ids on the Hopper kernels,
+through the FFI path: against float64 references run on each sequence alone
+(FA3's tolerance rule, tests/test_varlen.py's helpers), bitwise against the
+dense kernel per sequence, deterministic gradients, and bad offsets. The
+CUDA harnesses (tests/cuda/*_varlen_harness.cu) run the larger poisoned
+sweep; this checks the path from jax_fa3.attention_varlen down."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_fa3
+from conftest import f64, randn
+from test_varlen import (LENS_K, LENS_Q, MASK_IDS, MASKS, check_dead_rows, check_forward,
+                         check_grads, check_segments, make_packed, run)
+
+pytestmark = pytest.mark.gpu
+
+HEAD_DIMS = [64, 96, 128, 192, 256]
+# Several tiles per sequence (128-row q tiles, 64..176-column k tiles), ends
+# not on a tile boundary, an empty q side and a key-less sequence.
+LONG_Q = [300, 0, 1, 1000, 129, 64]
+LONG_K = [257, 5, 1, 1000, 0, 700]
+
+
+@pytest.fixture(autouse=True)
+def _on_gpu():
+  with jax.default_device(jax.devices("gpu")[0]):
+    yield
+
+
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("kw", MASKS, ids=MASK_IDS)
+@pytest.mark.parametrize("h,hk", [(4, 4), (8, 2)], ids=["mha", "gqa4"])
+def test_forward_backward_sweep(rng, d, kw, h, hk):
+  for lens_q, lens_k in ((LENS_Q, LENS_K), (LONG_Q, LONG_K)):
+    q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, h, hk, d, jnp.bfloat16)
+    out, lse = check_forward(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), jnp.bfloat16, **kw)
+    # Rows after the last sequence (make_packed pads 3): 0 and -inf.
+    end = int(cu_q[-1])
+    assert np.all(f64(out)[end:] == 0) and np.all(np.isneginf(f64(lse)[:, end:]))
+    check_grads(rng, q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), jnp.bfloat16, **kw)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_fp16_and_mqa(rng, dtype):
+  q, k, v, cu_q, cu_k = make_packed(rng, LONG_Q, LONG_K, 8, 1, 128, dtype)
+  kw = dict(causal=True, softcap=10.0)
+  check_forward(q, k, v, cu_q, cu_k, 1000, 1000, dtype, **kw)
+  check_grads(rng, q, k, v, cu_q, cu_k, 1000, 1000, dtype, **kw)
+
+
+def test_equals_dense_kernel_per_sequence(rng):
+  """The same tile code at per-sequence offsets: each sequence's rows are
+  bitwise the dense kernel's on that sequence alone."""
+  q, k, v, cu_q, cu_k = make_packed(rng, LONG_Q, LONG_K, 4, 2, 128, jnp.bfloat16)
+  kw = dict(causal=True)
+  out, lse = run(q, k, v, cu_q, cu_k, max(LONG_Q), max(LONG_K), **kw)
+  for b, (lq, lk) in enumerate(zip(LONG_Q, LONG_K)):
+    if lq == 0 or lk == 0:
+      continue
+    q0, k0 = int(cu_q[b]), int(cu_k[b])
+    o, l = jax_fa3.attention(q[None, q0:q0 + lq], k[None, k0:k0 + lk], v[None, k0:k0 + lk],
+                             return_lse=True, **kw)
+    np.testing.assert_array_equal(f64(out[q0:q0 + lq]), f64(o[0]))
+    np.testing.assert_array_equal(f64(lse[:, q0:q0 + lq]), f64(l[0]))
+
+
+def test_seqused(rng):
+  lens_q, lens_k = [100, 700, 4, 300], [120, 660, 80, 10]
+  used_q = np.array([100, 650, 0, 170], np.int32)
+  used_k = np.array([30, 660, 80, 0], np.int32)
+  q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, 4, 2, 64, jnp.bfloat16)
+  kw = dict(seqused_q=jnp.asarray(used_q), seqused_k=jnp.asarray(used_k), causal=True)
+  out, lse = check_forward(q, k, v, cu_q, cu_k, 650, 660, jnp.bfloat16, **kw)
+  dq, dk, dv = check_grads(rng, q, k, v, cu_q, cu_k, 650, 660, jnp.bfloat16, **kw)
+  check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k)
+
+
+def test_deterministic_gradients_bitwise(rng):
+  q, k, v, cu_q, cu_k = make_packed(rng, LONG_Q, LONG_K, 8, 2, 128, jnp.bfloat16)
+  dout = randn(rng, q.shape, jnp.bfloat16)
+  f = jax.jit(lambda a, b, c, g: jax.vjp(lambda x, y, z: jax_fa3.attention_varlen(
+      x, y, z, cu_q, cu_k, 1000, 1000, causal=True, deterministic=True), a, b, c)[1](g))
+  first = [f64(x) for x in f(q, k, v, dout)]
+  for _ in range(10):
+    for a, b in zip(first, f(q, k, v, dout)):
+      np.testing.assert_array_equal(a, f64(b))
+
+
+def test_segment_ids(rng):
+  seg = np.array([[0] * 300 + [1] + [2] * 211, [4] * 512], np.int32)
+  q = randn(rng, (2, 512, 8, 128), jnp.bfloat16)
+  k, v = (randn(rng, (2, 512, 2, 128), jnp.bfloat16) for _ in range(2))
+  check_segments(rng, q, k, v, jnp.bfloat16, segment_ids=jnp.asarray(seg), causal=True)
+
+
+def test_bad_offsets_eager_raise(rng):
+  q, k, v, cu_q, cu_k = make_packed(rng, [40, 9, 77], [40, 9, 70], 4, 2, 128, jnp.bfloat16)
+  bad = cu_q.at[2].set(int(cu_q[1]) - 1)  # not monotone
+  with pytest.raises(ValueError, match="cu_seqlens_q must be non-decreasing"):
+    jax_fa3.attention_varlen(q, k, v, bad, cu_k, 77, 70)
+  with pytest.raises(ValueError, match="past the end"):
+    jax_fa3.attention_varlen(q, k, v, cu_q.at[3].set(q.shape[0] + 1), cu_k, 77, 70)
