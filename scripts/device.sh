@@ -20,7 +20,8 @@
 #            RING_AB_MARGINS sm_margin, then XLA's latency-hiding scheduler +
 #            high-priority collective stream flags; json in $OUT/ab
 #   varlen   issue 7 through JAX: tests/test_gpu_varlen.py, invalid offsets under
-#            compute-sanitizer memcheck, python -m benchmarks.varlen ($VARLEN_FLAGS)
+#            compute-sanitizer memcheck
+#   varlenbench  python -m benchmarks.varlen ($VARLEN_FLAGS)
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
@@ -217,6 +218,8 @@ for stage in "$@"; do
       XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 compute-sanitizer --tool memcheck \
         --error-exitcode 1 python3 tests/cuda/bad_offsets.py >"$LOGS/bad_offsets.log" 2>&1
       stamp "bad offsets under memcheck: rc=$? $(grep -c ": ran" "$LOGS/bad_offsets.log") cases ran, $(grep "ERROR SUMMARY" "$LOGS/bad_offsets.log" | tail -1)"
+      ;;
+    varlenbench)
       $lowpin python3 -m benchmarks.varlen --out_dir "$OUT" ${VARLEN_FLAGS:-} >"$LOGS/bench_varlen.log" 2>&1
       stamp "bench varlen: rc=$?"
       grep -A20 "^impl" "$LOGS/bench_varlen.log" | tee -a "$summary"
