@@ -67,11 +67,13 @@ def f64(x):
   return np.asarray(jnp.asarray(x).astype(jnp.float64))
 
 
-def max_err(a, b):
+def max_err(a, b, ignore_nan=False):
   a, b = f64(a), f64(b)
   both_inf = np.isinf(a) & np.isinf(b) & (np.sign(a) == np.sign(b))
   with np.errstate(invalid="ignore"):
     d = np.where(both_inf, 0.0, np.abs(a - b))
+  if ignore_nan:
+    d = d[~np.isnan(d)]
   return float(np.max(d)) if d.size else 0.0
 
 
@@ -90,7 +92,11 @@ def assert_fa3_close(name, got, ref64, naive, dtype, atol=None):
   got_np = f64(got)
   assert not np.isnan(got_np).any(), f"{name}: NaN in output"
   e = max_err(got, ref64)
-  base = max_err(naive, ref64)
+  # The naive in-precision reference can be NaN where ours must not be: on
+  # the GPU, XLA's bf16 softmax gradient of a row that sees no key (seen:
+  # window + softcap, tests/test_gpu_varlen.py). Such entries give no
+  # baseline; leaving them out only makes the bound stricter.
+  base = max_err(naive, ref64, ignore_nan=True)
   atol = rounding_atol(ref64, dtype) if atol is None else atol
   assert e <= 2.0 * base + atol, (
       f"{name}: max error {e:.3e} > 2 * naive {base:.3e} + atol {atol:.3e}")
