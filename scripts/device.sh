@@ -10,7 +10,7 @@
 #   bwdcheck the backward harness (quick, sweep, determinism, memcheck) in the
 #            background, on the upper cores
 #   bwdbench the backward harness timings + racecheck (after bwdcheck)
-#   gpuall   every `gpu` test, four pytest processes sharing the GPU
+#   gpuall   every `gpu` test, seven pytest processes sharing the GPU
 #   savelib  copy the built extension to $OUT (carry it to skip a rebuild)
 #   trainlm  examples.train_lm (h100-100m; fa3, cudnn, xla; 8k and 16k context)
 #   ring     issue 6 on a several-GPU machine: benchmarks.ring over all GPUs
@@ -86,7 +86,7 @@ for stage in "$@"; do
       grep -E "^(FAILED|ERROR)" "$LOGS/test_gpu.log" | head -10 | cut -c1-300 | tee -a "$summary"
       ;;
     gpuall)
-      # Every `gpu` test (GPU_FWD_K: a -k filter for test_gpu.py), in five
+      # Every `gpu` test (GPU_FWD_K: a -k filter for test_gpu.py), in seven
       # processes at once (the float64 references
       # on the CPU are the slow part); no preallocation, so they share the GPU.
       (export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -97,10 +97,16 @@ for stage in "$@"; do
        python3 -m pytest -q -rs -m gpu tests/test_gpu_backward.py -k "sweep and not (64 or 96 or 128)" \
          >"$LOGS/gpu_bwd3.log" 2>&1 &
        python3 -m pytest -q -rs -m gpu tests/test_gpu_backward.py -k "not sweep" >"$LOGS/gpu_bwd2.log" 2>&1 &
+       # The varlen sweep's float64 references take 15-30 s per test: 2 processes.
+       python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "sweep and (64 or 96 or 128)" \
+         >"$LOGS/gpu_varlen1.log" 2>&1 &
+       python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "not (sweep and (64 or 96 or 128))" \
+         >"$LOGS/gpu_varlen2.log" 2>&1 &
        python3 -m pytest -q -rs -m gpu tests --ignore=tests/test_gpu.py \
-         --ignore=tests/test_gpu_backward.py >"$LOGS/gpu_other.log" 2>&1 &
+         --ignore=tests/test_gpu_backward.py --ignore=tests/test_gpu_varlen.py \
+         >"$LOGS/gpu_other.log" 2>&1 &
        wait)
-      for f in gpu_fwd gpu_bwd1 gpu_bwd3 gpu_bwd2 gpu_other; do
+      for f in gpu_fwd gpu_bwd1 gpu_bwd3 gpu_bwd2 gpu_varlen1 gpu_varlen2 gpu_other; do
         stamp "$f: $(tail -1 "$LOGS/$f.log")"
         grep -E "^(FAILED|ERROR)" "$LOGS/$f.log" | head -8 | cut -c1-300 | tee -a "$summary"
       done
