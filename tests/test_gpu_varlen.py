@@ -14,8 +14,9 @@ import pytest
 
 import jax_fa3
 from conftest import f64, randn
-from test_varlen import (LENS_K, LENS_Q, MASK_IDS, MASKS, check_dead_rows, check_forward,
-                         check_grads, check_segments, make_packed, run)
+from test_varlen import (LENS_K, LENS_Q, MASK_IDS, MASKS, check_dead_rows,
+                         check_equals_dense_per_sequence, check_forward, check_grads,
+                         check_segments, make_packed)
 
 pytestmark = pytest.mark.gpu
 
@@ -57,16 +58,7 @@ def test_equals_dense_kernel_per_sequence(rng):
   """The same tile code at per-sequence offsets: each sequence's rows are
   bitwise the dense kernel's on that sequence alone."""
   q, k, v, cu_q, cu_k = make_packed(rng, LONG_Q, LONG_K, 4, 2, 128, jnp.bfloat16)
-  kw = dict(causal=True)
-  out, lse = run(q, k, v, cu_q, cu_k, max(LONG_Q), max(LONG_K), **kw)
-  for b, (lq, lk) in enumerate(zip(LONG_Q, LONG_K)):
-    if lq == 0 or lk == 0:
-      continue
-    q0, k0 = int(cu_q[b]), int(cu_k[b])
-    o, l = jax_fa3.attention(q[None, q0:q0 + lq], k[None, k0:k0 + lk], v[None, k0:k0 + lk],
-                             return_lse=True, **kw)
-    np.testing.assert_array_equal(f64(out[q0:q0 + lq]), f64(o[0]))
-    np.testing.assert_array_equal(f64(lse[:, q0:q0 + lq]), f64(l[0]))
+  check_equals_dense_per_sequence(q, k, v, cu_q, cu_k, LONG_Q, LONG_K, causal=True)
 
 
 def test_seqused(rng):

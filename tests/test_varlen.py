@@ -96,9 +96,12 @@ def test_equals_dense_kernel_per_sequence(rng):
   """Each sequence's rows are bitwise those of jax_fa3.attention on that
   sequence alone: the same tile code runs at per-sequence offsets."""
   q, k, v, cu_q, cu_k = make_packed(rng, LENS_Q, LENS_K, 4, 2, 64, jnp.bfloat16)
-  kw = dict(causal=True, softcap=10.0)
-  out, lse = run(q, k, v, cu_q, cu_k, max(LENS_Q), max(LENS_K), **kw)
-  for b, (lq, lk) in enumerate(zip(LENS_Q, LENS_K)):
+  check_equals_dense_per_sequence(q, k, v, cu_q, cu_k, LENS_Q, LENS_K, causal=True, softcap=10.0)
+
+
+def check_equals_dense_per_sequence(q, k, v, cu_q, cu_k, lens_q, lens_k, **kw):
+  out, lse = run(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), **kw)
+  for b, (lq, lk) in enumerate(zip(lens_q, lens_k)):
     if lq == 0 or lk == 0:
       continue
     q0, k0 = int(cu_q[b]), int(cu_k[b])
