@@ -58,11 +58,12 @@ def compare(a, b) -> tuple[float, float]:
   return float(max(abs_errs)), float(max(rel_errs))
 
 
-def device_tag() -> tuple[str, str]:
-  """(device kind, sanitised tag), e.g. ('NVIDIA H100 80GB HBM3', 'h100-80gb-hbm3')."""
+def device_tag(device=None) -> tuple[str, str]:
+  """(device kind, sanitised tag) of ``device`` (default: the first one), e.g.
+  ('NVIDIA H100 80GB HBM3', 'h100-80gb-hbm3')."""
   try:
     import jax  # pylint: disable=g-import-not-at-top
-    kind = str(jax.devices()[0].device_kind)
+    kind = str((device or jax.devices()[0]).device_kind)
   except Exception as e:  # pylint: disable=broad-except
     logging.warning("no device: %s", e)
     kind = "unknown"
@@ -86,3 +87,9 @@ def short_error(e: BaseException, limit: int = 600) -> str:
     if tb:
       msg += f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}"
   return msg if len(msg) <= limit else msg[:limit] + " ..."
+
+
+def cell(record: dict, key: str, fmt: str, width: int) -> str:
+  """One right-aligned table cell: record[key] formatted, or "-" if absent."""
+  v = record.get(key)
+  return f"{'-' if v is None else format(v, fmt):>{width}}"

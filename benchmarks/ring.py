@@ -70,13 +70,12 @@ after every point) and a table on stdout.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
-import re
 import sys
 import time
-import traceback
 from typing import Any
 
 from absl import app
@@ -84,6 +83,7 @@ from absl import flags
 from absl import logging
 
 from benchmarks import cli
+from benchmarks import common as bench_common
 from benchmarks import timing
 from benchmarks import trace_overlap
 
@@ -168,22 +168,6 @@ def attn_flops(mode: str, heads: int, seqlen: int, d: int, causal: bool) -> floa
   if causal:
     f /= 2
   return f * (3.5 if mode == "bwd" else 1.0)
-
-
-def device_tag(device) -> tuple[str, str]:
-  """(device kind, file-name tag), e.g. ('NVIDIA H200', 'h200')."""
-  kind = str(device.device_kind)
-  tag = re.sub(r"^nvidia[\s_-]*", "", kind.strip().lower())
-  return kind, re.sub(r"[^a-z0-9.]+", "-", tag).strip("-") or "unknown"
-
-
-def _short_error(e: BaseException, limit: int = 400) -> str:
-  msg = f"{type(e).__name__}: {e}".strip()
-  if not str(e).strip():
-    tb = traceback.extract_tb(e.__traceback__)
-    if tb:
-      msg += f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno}"
-  return msg if len(msg) <= limit else msg[:limit] + " ..."
 
 
 def _shard_map():
@@ -373,9 +357,7 @@ def format_table(records) -> str:
           f"{'tok/s/dev':>11}{'eff':>7}{'base_s':>8}{'rel_err':>9}{'overlap':>8}")
   lines = [head, "-" * len(head)]
   for r in records:
-    def f(key, fmt, width):
-      v = r.get(key)
-      return f"{'-' if v is None else format(v, fmt):>{width}}"
+    f = functools.partial(bench_common.cell, r)
     lines.append(
         f"{r['impl']:<7}{r['n_devices']:>3} {r['layout']:<11}{str(r['causal']):<7}"
         f"{r['mode']:<5}{r['tokens_per_device']:>8}{r['global_seqlen']:>9}"
@@ -412,7 +394,7 @@ def main(argv) -> None:
   big_s = n * tpd
   rtol = _CHECK_RTOL.value or (1e-4 if dtype == "float32" else 2e-2)
 
-  kind, auto_tag = device_tag(bench.local0)
+  kind, auto_tag = bench_common.device_tag(bench.local0)
   json_path = os.path.join(_OUT_DIR.value, f"ring-{_TAG.value or auto_tag}-x{n}.json")
   if rank0:
     os.makedirs(_OUT_DIR.value, exist_ok=True)
@@ -459,7 +441,7 @@ def main(argv) -> None:
         rec = _record("single", 1, "-", causal, mode, seqlen, seqlen, t,
                       attn_flops(mode, heads, seqlen, d, causal))
       except Exception as e:  # pylint: disable=broad-except
-        rec["error"] = _short_error(e)  # e.g. out of memory at a long seqlen
+        rec["error"] = bench_common.short_error(e, 400)  # e.g. out of memory at a long seqlen
       singles[key] = rec
       emit(rec)
       gc.collect()
@@ -505,7 +487,7 @@ def main(argv) -> None:
           rec["baseline_seqlen"] = base["global_seqlen"]
         del args
       except Exception as e:  # pylint: disable=broad-except
-        rec["error"] = _short_error(e)
+        rec["error"] = bench_common.short_error(e, 400)
       emit(rec)
       gc.collect()
 

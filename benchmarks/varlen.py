@@ -32,6 +32,7 @@ cuDNN's on the valid rows (``rel_err``, rel-L2).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -233,9 +234,7 @@ def format_table(records) -> str:
           f"{'x cudnn':>8}{'rel_err':>9}")
   lines = [head, "-" * len(head)]
   for r in records:
-    def f(key, fmt, width):
-      v = r.get(key)
-      return f"{'-' if v is None else format(v, fmt):>{width}}"
+    f = functools.partial(bench_common.cell, r)
     lines.append(f"{r['impl']:<18}{r['mode']:<5}{str(r['causal']):<7}" + f("ms", ".3f", 9)
                  + f("tflops", ".1f", 8) + f("tflops_vs_dense", ".3f", 9)
                  + f("speedup_vs_cudnn_padded", ".2f", 8) + f("rel_err_vs_cudnn", ".2g", 9)

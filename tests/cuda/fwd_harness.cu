@@ -241,18 +241,4 @@ static void bench() {
     printf("%-5d %-7d %-7d %10.3f %9.1f\n", r.d, r.s, int(r.causal), r.ms, r.tfs);
 }
 
-int main(int argc, char** argv) {
-  bool quick = false, do_sweep = true, do_bench = true;
-  for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--quick")) { quick = true; do_bench = false; }
-    if (!strcmp(argv[i], "--sweep")) do_bench = false;
-    if (!strcmp(argv[i], "--bench")) do_sweep = false;
-    if (!strcmp(argv[i], "--d") && i + 1 < argc) g_only_d = atoi(argv[++i]);
-  }
-  std::string dev = jax_fa3::hopper::check_device();
-  if (!dev.empty()) { printf("%s\n", dev.c_str()); return 1; }
-  int fails = 0;
-  if (do_sweep) fails = sweep(quick);
-  if (do_bench) bench();
-  return fails ? 1 : 0;
-}
+int main(int argc, char** argv) { return fwd_harness_main(argc, argv, &g_only_d, sweep, bench); }

@@ -115,35 +115,13 @@ void layout(const VCase& c, Packed* P) {
 
 AttnParams make_params(const VCase& c, const Packed& P) {
   AttnParams p;
-  p.is_varlen = true;
-  p.num_seqs = int64_t(c.seqs.size());
-  p.total_q = P.total_q;
-  p.total_k = P.total_k;
-  p.max_seqlen_q = P.max_q;
-  p.max_seqlen_k = P.max_k;
-  p.cu_seqlens_q = P.d_cu_q;
-  p.cu_seqlens_k = P.d_cu_k;
-  p.seqused_q = c.has_used_q ? P.d_used_q : nullptr;
-  p.seqused_k = c.has_used_k ? P.d_used_k : nullptr;
-  // The dense fields as the FFI handler sets them (cc/ffi/fill_varlen.cc).
-  p.batch = p.num_seqs;
-  p.seqlen_q = P.max_q;
-  p.seqlen_k = P.max_k;
-  p.num_heads = c.h;
-  p.num_heads_k = c.hk;
-  p.head_dim = c.d;
-  p.h_h_k_ratio = c.h / c.hk;
-  p.q_row_stride = int64_t(c.h) * c.d;
-  p.q_head_stride = c.d;
-  p.k_row_stride = int64_t(c.hk) * c.d;
-  p.k_head_stride = c.d;
-  p.lse_head_stride = P.total_q;
-  p.dtype = c.dt;
+  // The fields as the FFI handler sets them (cc/ffi/fill_varlen.cc).
+  Case shape{c.d, c.dt, int(c.seqs.size()), int(P.max_q), int(P.max_k), c.h, c.hk,
+             c.causal, c.wl, c.wr, c.softcap};
+  set_varlen_shape_and_mask(shape, P.total_q, P.total_k, P.d_cu_q, P.d_cu_k,
+                            c.has_used_q ? P.d_used_q : nullptr,
+                            c.has_used_k ? P.d_used_k : nullptr, &p);
   p.softmax_scale = 1.0f / std::sqrt(float(c.d));
-  p.causal = c.causal;
-  p.window_left = c.wl;
-  p.window_right = c.causal ? 0 : c.wr;
-  p.softcap = c.softcap;
   p.q = P.q;
   p.k = P.k;
   p.v = P.v;
@@ -514,18 +492,4 @@ void bench() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  bool quick = false, do_sweep = true, do_bench = true;
-  for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--quick")) { quick = true; do_bench = false; }
-    if (!strcmp(argv[i], "--sweep")) do_bench = false;
-    if (!strcmp(argv[i], "--bench")) do_sweep = false;
-    if (!strcmp(argv[i], "--d") && i + 1 < argc) g_only_d = atoi(argv[++i]);
-  }
-  std::string dev = jax_fa3::hopper::check_device();
-  if (!dev.empty()) { printf("%s\n", dev.c_str()); return 1; }
-  int fails = 0;
-  if (do_sweep) fails = sweep(quick);
-  if (do_bench) bench();
-  return fails ? 1 : 0;
-}
+int main(int argc, char** argv) { return fwd_harness_main(argc, argv, &g_only_d, sweep, bench); }

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cc/common/params.h"
+#include "cc/hopper/api.h"  // check_device (fwd_harness_main)
 
 using jax_fa3::AttnParams;
 using jax_fa3::DType;
@@ -120,4 +121,23 @@ static void set_varlen_shape_and_mask(const Case& c, int64_t total_q, int64_t to
   p.seqused_k = used_k;
   p.q_batch_stride = p.k_batch_stride = p.lse_batch_stride = 0;
   p.lse_head_stride = total_q;
+}
+
+// The command line shared by the forward harnesses: --quick (a few small
+// cases, no timing), --sweep (correctness only), --bench (timing only),
+// --d N (one head dim, stored in *only_d). Exit status 1 on any failure.
+static int fwd_harness_main(int argc, char** argv, int* only_d, int (*sweep)(bool quick),
+                            void (*bench)()) {
+  bool quick = false, do_sweep = true, do_bench = true;
+  for (int i = 1; i < argc; ++i) {
+    if (!strcmp(argv[i], "--quick")) { quick = true; do_bench = false; }
+    if (!strcmp(argv[i], "--sweep")) do_bench = false;
+    if (!strcmp(argv[i], "--bench")) do_sweep = false;
+    if (!strcmp(argv[i], "--d") && i + 1 < argc) *only_d = atoi(argv[++i]);
+  }
+  std::string dev = jax_fa3::hopper::check_device();
+  if (!dev.empty()) { printf("%s\n", dev.c_str()); return 1; }
+  int fails = do_sweep ? sweep(quick) : 0;
+  if (do_bench) bench();
+  return fails ? 1 : 0;
 }
