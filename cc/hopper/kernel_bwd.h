@@ -52,11 +52,11 @@ __device__ __forceinline__ void bwd_sem_wait(const int* sem, int target, int tid
     while (bwd_ld_acquire(sem) != target) {
     }
   }
-  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kSem));
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
 }
 __device__ __forceinline__ void bwd_sem_signal(int* sem, int tid) {
   __threadfence();
-  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kSem));
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
   if (tid == 0) atomicAdd(sem, 1);
 }
 
@@ -123,9 +123,9 @@ struct BwdConsumer {
     Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(sV));
     Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
     Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));  // (.., stage)
-    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));
+    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));  // (.., dS stage)
     Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));    // (.., stage)
-    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));
+    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));      // (.., dS stage)
     constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
     // (D/chunks, kBlockN, chunk) view of K^T.
     Tensor sKt_c = local_tile(sKt, Shape<Int<kDqChunk>, Int<kBlockN>>{}, make_coord(_, _0{}));
@@ -137,7 +137,6 @@ struct BwdConsumer {
     auto stsm = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
     auto thr_stsm = stsm.get_thread_slice(tid);
     Tensor tPsP = thr_stsm.partition_D(sP);
-    Tensor tdSsdS = thr_stsm.partition_D(sdS);
 
     Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
     Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
@@ -190,6 +189,10 @@ struct BwdConsumer {
       wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state.index()), tdPrV, tdPrdP);
 
 
+      // Step order, so that the tensor cores always have queued work: S, dP |
+      // softmax (dP runs) | P -> smem, dV | dS (dV runs) | dS -> smem, dQ, dK
+      // | dQ out (dK runs).
+      int const ds_stage = Traits::kDsStages == 1 ? 0 : (m - m_lo) & 1;
       warpgroup_wait<1>();  // S done
       // softcap: s <- cap * tanh(s * scale / cap) (scale_log2 is then log2 e).
       if (cap) {
@@ -210,7 +213,38 @@ struct BwdConsumer {
         CUTE_UNROLL
         for (int c = 0; c < kCols; ++c) s_rc(r, c) = exp2f(s_rc(r, c) * p.scale_log2 - lse2[r]);
       }
-      warpgroup_wait<0>();  // dP done
+      // Masked entries (score -inf): P = 0 exactly, set rather than computed,
+      // whatever the neighbour rows of a varlen tile hold; dS below likewise.
+      if (kVarlen && !full) {
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) {
+          if (!(tSrS(i) > 0.f)) tSrS(i) = 0.f;
+        }
+      }
+
+      // P -> smem. Thread 0 of each warpgroup first makes sure its previous
+      // dQ bulk reduce has read smem_dq: after the P barrier the warpgroup
+      // may overwrite it. Split D: every consumer's previous GEMMs must be
+      // done with sP/sdS first.
+      if (wg_tid == 0) tma_store_wait<0>();
+      if constexpr (!Traits::kPLocal) {
+        cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
+      }
+      {
+        Tensor rP = make_tensor_like<Element>(tSrS);
+        CUTE_UNROLL
+        for (int i = 0; i < size(tSrS); ++i) rP(i) = static_cast<Element>(tSrS(i));
+        cute::copy(stsm, thr_stsm.retile_S(rP), tPsP);
+      }
+      cutlass::arch::fence_view_async_shared();
+      if constexpr (Traits::kPLocal) {
+        cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kPFull) + wg);
+      } else {
+        cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPFull));
+      }
+      wgmma_issue<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, state.index()), tdVrdV);
+
+      warpgroup_wait<1>();  // dP done (dV may still run)
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
         CUTE_UNROLL
@@ -225,54 +259,33 @@ struct BwdConsumer {
             float t = (__log2f(fmaxf(pv, 1e-37f)) + lse2[r]) * (0.6931471805599453f / p.softcap);
             ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
           }
+          if (kVarlen && !full && !(pv > 0.f)) ds = 0.f;
           dp_rc(r, c) = ds;
         }
       }
-      // Masked entries (score -inf, so P = 0): P = dS = 0 exactly, set rather
-      // than multiplied, whatever finite or not the neighbour rows' dP is.
-      if (kVarlen && !full) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(tSrS); ++i) {
-          if (!(tSrS(i) > 0.f)) {
-            tSrS(i) = 0.f;
-            tdPrdP(i) = 0.f;
-          }
-        }
-      }
-      // The previous step's dV/dK/dQ GEMMs (all warpgroups) are done with
-      // sP/sdS once every consumer got here; thread 0 first makes sure the
-      // previous dQ bulk reduce has read smem_dq, so after this barrier
-      // everyone may overwrite it.
-      if (wg_tid == 0) tma_store_wait<0>();
-      cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
+      // dS -> smem. Its buffer was last read by the GEMMs of two steps ago
+      // (kDsStages 2), which every consumer finished before the previous
+      // step's kDsFull; or (split D) before this step's kPdSEmpty.
       {
-        Tensor rP = make_tensor_like<Element>(tSrS);
         Tensor rdS = make_tensor_like<Element>(tdPrdP);
         CUTE_UNROLL
-        for (int i = 0; i < size(tSrS); ++i) {
-          rP(i) = static_cast<Element>(tSrS(i));
-          rdS(i) = static_cast<Element>(tdPrdP(i));
-        }
-        cute::copy(stsm, thr_stsm.retile_S(rP), tPsP);
-        cute::copy(stsm, thr_stsm.retile_S(rdS), tdSsdS);
+        for (int i = 0; i < size(tdPrdP); ++i) rdS(i) = static_cast<Element>(tdPrdP(i));
+        cute::copy(stsm, thr_stsm.retile_S(rdS), thr_stsm.partition_D(sdS(_, _, ds_stage)));
       }
       cutlass::arch::fence_view_async_shared();
-      cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSFull));
+      cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
 
-      wgmma_issue<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, state.index()), tdVrdV);
-      wgmma_issue<false>(mma_dkv, tdKrdSt, tdKrQt(_, _, _, state.index()), tdKrdK);
       Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqChunk>>{});
-      wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, 0), tdQrdQ);
-      warpgroup_wait<1>();  // dV, dK done: Q and dO may be overwritten
-      pipe_q.consumer_release(state);
-      pipe_do.consumer_release(state);
-      ++state;
+      wgmma_issue<true>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt(_, _, _, 0), tdQrdQ);
+      wgmma_issue<false>(mma_dkv, tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()),
+                         tdKrdK);
 
       // dQ partial -> smem in fragment order -> one bulk reduce-add per
       // chunk and warpgroup into the fp32 accumulator (bwd_dq.h), issued by
-      // the warpgroup's first thread. Deterministic: the adds into one query
-      // block go in descending n_block order (see bwd_kernel for why); the
-      // two warpgroups add disjoint halves, so each CTA counts twice.
+      // the warpgroup's first thread, while dK runs. Deterministic: the adds
+      // into one query block go in descending n_block order (see bwd_kernel
+      // for why); the two warpgroups add disjoint halves, so each CTA counts
+      // twice.
       int64_t dq_m;  // query block in the scratch
       if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
       else dq_m = int64_t(bh) * p.num_m + m;
@@ -280,11 +293,13 @@ struct BwdConsumer {
       int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
       CUTE_UNROLL
       for (int ch = 0; ch < kDqChunks; ++ch) {
-        if (ch > 0) wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
-        warpgroup_wait<0>();
         if (ch > 0) {
+          wgmma_issue<true>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt(_, _, _, ch), tdQrdQ);
+          warpgroup_wait<0>();
           if (wg_tid == 0) tma_store_wait<0>();
           cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqEmpty) + wg);
+        } else {
+          warpgroup_wait<1>();  // dV and dQ done (dK may still run)
         }
         dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
         cutlass::arch::fence_view_async_shared();
@@ -301,6 +316,10 @@ struct BwdConsumer {
           tma_store_arrive();
         }
       }
+      warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
+      pipe_q.consumer_release(state);
+      pipe_do.consumer_release(state);
+      ++state;
       if (sem != nullptr && wg_tid == 0) {
         bulk_wait_complete();
         __threadfence();

@@ -29,7 +29,11 @@ using namespace cute;
 //   d >= 192: kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
 //             dQ split along D (each WG owns D/2 columns).
 // P and dS always go through smem (they feed dV/dK as A^T and dQ as A).
-// smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P,dS 32K + dQ 32K = 192K;
+// With dK/dV split along N a warpgroup's dV/dK read only the P/dS columns it
+// wrote itself, so P needs no cross-warpgroup barrier and dS (which dQ reads
+// whole) is double-buffered: one all-consumer barrier per step. Split along
+// D, every GEMM reads both halves: single buffers, two barriers.
+// smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P 16K + dS 2x16K + dQ 32K = 208K;
 //              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K + dQ 16K = 224K.
 template <int D> struct BwdTileConfig {
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
@@ -56,6 +60,9 @@ struct BwdTraits {
   static constexpr int kBlockN = BwdTileConfig<D>::kBlockN;
   static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
   static constexpr int kStages = 2;
+  // P and dS columns private to their warpgroup (see BwdTileConfig).
+  static constexpr bool kPLocal = !kDkvSplitD;
+  static constexpr int kDsStages = kPLocal ? 2 : 1;
   static constexpr int kNumMmaWarpGroups = 2;
   static constexpr int kNumThreads = 128 * 3;
   static constexpr int kNumMmaThreads = 256;
@@ -103,10 +110,13 @@ struct BwdTraits {
       SmemLayoutK{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>>{}, Step<_2, _1>{})));
   using AtomP = decltype(kmajor_atom<Element, kBlockN>());
   using SmemLayoutP = decltype(tile_to_shape(AtomP{}, Shape<Int<kBlockM>, Int<kBlockN>>{}));
-  using SmemLayoutdS = SmemLayoutP;
+  using SmemLayoutdS =
+      decltype(tile_to_shape(AtomP{}, Shape<Int<kBlockM>, Int<kBlockN>, Int<kDsStages>>{}));
   using SmemLayoutPt = decltype(composition(
       SmemLayoutP{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>>{}, Step<_2, _1>{})));
-  using SmemLayoutdSt = SmemLayoutPt;
+  using SmemLayoutdSt = decltype(composition(
+      SmemLayoutdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>, Int<kDsStages>>{},
+                                          Step<_2, _1, _3>{})));
 
   using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename MainloopPipeline::PipelineState;
@@ -145,12 +155,13 @@ struct BwdTraits {
       SmemLayoutK{}, Shape<Int<kBlockN>, Int<D>>{}, _1{}));
 };
 
+// Named barriers (CUTLASS's user ids 0-7).
 enum class BwdBarrier : uint32_t {
-  kPdSEmpty = 0,  // all consumers: the previous step's GEMMs no longer read sP/sdS
-  kPdSFull = 1,   // all consumers: sP/sdS written
-  kSem = 2,       // all consumers: deterministic semaphore hand-off
-  kDqEmpty = 3,   // one warpgroup (+ its index): its last bulk reduce has read smem_dq
-  kDqFull = 5,    // one warpgroup (+ its index): its half of smem_dq written
+  kPdSEmpty = 0,  // split D, all consumers: the previous step's GEMMs no longer read sP/sdS
+  kDsFull = 1,    // all consumers: sdS written; after the loop, the GQA semaphore hand-off
+  kPFull = 2,     // its columns of sP written: one warpgroup (+ its index) when kPLocal, else all
+  kDqEmpty = 4,   // one warpgroup (+ its index): its last bulk reduce has read smem_dq
+  kDqFull = 6,    // one warpgroup (+ its index): its half of smem_dq written
 };
 
 template <class Traits>
