@@ -222,10 +222,10 @@ for stage in "$@"; do
       # head dim, one for the rest, sharing the GPU.
       (export XLA_PYTHON_CLIENT_PREALLOCATE=false
        for d in 64 96 128 192 256; do
-         python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "sweep and -$d]" \
+         timeout "${VARLEN_T:-300}" python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "sweep and -$d]" \
            >"$LOGS/gpu_varlen_$d.log" 2>&1 &
        done
-       python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "not sweep" \
+       timeout "${VARLEN_T:-300}" python3 -m pytest -q -rs -m gpu tests/test_gpu_varlen.py -k "not sweep" \
          >"$LOGS/gpu_varlen_rest.log" 2>&1 &
        wait)
       for f in 64 96 128 192 256 rest; do
