@@ -73,6 +73,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -322,6 +323,11 @@ def _profile(fn, args, name, calls=3) -> dict[str, Any]:
   if not stats:
     return {"comm_overlap": None}
   per = calls * total["n_gpus"]
+  if math.isnan(total["overlap"]):
+    logging.warning("profile %s: the trace has NCCL but no compute kernels; overlap unknown "
+                    "(a profiler artefact seen on every capture after a process's first: "
+                    "profile one case per process, --causal/--modes) (%s)", name, path)
+    return {"comm_overlap": None, "comm_ms_per_call": total["comm_ms"] / per}
   logging.info("profile %s: %d GPUs, per call and GPU: NCCL %.3f ms (exposed %.3f, overlap "
                "%.3f), attention kernels %.3f ms, other kernels %.3f ms, idle %.3f ms of %.3f "
                "(%s)", name, total["n_gpus"], total["comm_ms"] / per, total["exposed_ms"] / per,

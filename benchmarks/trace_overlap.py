@@ -136,10 +136,18 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
 
 
 def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
-  """Totals over GPUs: comm_ms, exposed_ms, overlap (time-weighted), n_gpus."""
+  """Totals over GPUs: comm_ms, exposed_ms, overlap (time-weighted), n_gpus.
+
+  overlap is NaN when the trace holds NCCL kernels but no compute kernel at
+  all: on 4 H200s every capture after a process's first one came back like
+  that (the ring's kernels ran, the timings show it), and "0 % overlap" from
+  such a trace would be an artefact, not a measurement.
+  """
   total = {key: sum(s[key] for s in stats.values())
-           for key in ("comm_ms", "exposed_ms", "attn_ms", "other_ms", "idle_ms", "span_ms")}
+           for key in ("comm_ms", "exposed_ms", "attn_ms", "other_ms", "idle_ms", "span_ms",
+                       "compute_ms")}
   comm = total["comm_ms"]
-  total["overlap"] = 1.0 - total["exposed_ms"] / comm if comm > 0 else float("nan")
+  valid = comm > 0 and total["compute_ms"] > 0
+  total["overlap"] = 1.0 - total["exposed_ms"] / comm if valid else float("nan")
   total["n_gpus"] = len(stats)
   return total

@@ -92,3 +92,21 @@ def test_trace_overlap_on_a_synthetic_trace(tmp_path):
   assert us == {"comm_ms": 12, "exposed_ms": 4, "compute_ms": 13, "attn_ms": 10,
                 "other_ms": 3, "idle_ms": 5, "span_ms": 22}
   assert math.isclose(trace_overlap.summarize({"g": s})["overlap"], 8 / 12)
+
+
+def test_trace_without_compute_kernels_gives_no_overlap(tmp_path):
+  """NCCL kernels but no compute kernel in a trace: the overlap is unknown
+  (NaN), not 0 (trace_overlap.summarize)."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, REPO)
+  from benchmarks import trace_overlap  # pylint: disable=g-import-not-at-top
+  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "Stream #2"}}]
+  nccl = [{"ph": "X", "pid": 1, "tid": 2, "ts": 10.0 * i, "dur": 4.0,
+           "name": "ncclDevKernel_SendRecv"} for i in range(3)]
+  path = tmp_path / "trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": meta + nccl}, f)
+  s = trace_overlap.overlap_stats(str(path))
+  total = trace_overlap.summarize(s)
+  assert total["comm_ms"] > 0 and math.isnan(total["overlap"])
