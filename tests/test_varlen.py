@@ -27,6 +27,19 @@ MASKS = [dict(), dict(causal=True), dict(window_size=(16, 8), softcap=20.0),
 MASK_IDS = ["full", "causal", "window_softcap", "causal_window_softcap"]
 
 
+def on_host():
+  """Where the references run: the CPU device, also in the GPU tests. On the
+  GPU machine XLA's compile of their unrolled per-sequence float64 graphs
+  (with vjp) took longer than the tests themselves; on the CPU it is quick.
+  Inputs follow (jax.device_put), results are compared as numpy."""
+  return jax.default_device(jax.devices("cpu")[0])
+
+
+def _host(*xs):
+  cpu = jax.devices("cpu")[0]
+  return [jax.device_put(x, cpu) for x in xs]
+
+
 def cu_of(lens):
   return np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
 
@@ -48,9 +61,11 @@ def check_forward(q, k, v, cu_q, cu_k, mq, mk, dtype, **kw):
   out, lse = run(q, k, v, cu_q, cu_k, mq, mk, **kw)
   assert out.shape == q.shape and out.dtype == q.dtype
   assert lse.shape == (q.shape[1], q.shape[0]) and lse.dtype == jnp.float32
-  up = [x.astype(jnp.float64) for x in (q, k, v)]
-  ref, lse_ref = reference.attention_varlen(*up, cu_q, cu_k, mq, mk, return_lse=True, **kw)
-  naive = reference.attention_varlen(q, k, v, cu_q, cu_k, mq, mk, upcast=False, **kw)
+  with on_host():
+    hq, hk, hv = _host(q, k, v)
+    up = [x.astype(jnp.float64) for x in (hq, hk, hv)]
+    ref, lse_ref = reference.attention_varlen(*up, cu_q, cu_k, mq, mk, return_lse=True, **kw)
+    naive = reference.attention_varlen(hq, hk, hv, cu_q, cu_k, mq, mk, upcast=False, **kw)
   assert_fa3_close("out", out, ref, naive, dtype)
   lse_np, ref_np = f64(lse), f64(lse_ref)
   assert np.array_equal(np.isneginf(lse_np), np.isneginf(ref_np)), "empty rows differ"
@@ -68,11 +83,13 @@ def check_grads(rng, q, k, v, cu_q, cu_k, mq, mk, dtype, **kw):
   dout = randn(rng, q.shape, dtype)
   got = jax.jit(lambda a, b, c, x, y, g: varlen_grads(a, b, c, x, y, mq, mk, g, **kw))(
       q, k, v, cu_q, cu_k, dout)
-  up = [x.astype(jnp.float64) for x in (q, k, v)]
-  ref = varlen_grads(*up, cu_q, cu_k, mq, mk, dout.astype(jnp.float64),
-                     fn=reference.attention_varlen, **kw)
-  naive = varlen_grads(q, k, v, cu_q, cu_k, mq, mk, dout, fn=reference.attention_varlen,
-                       upcast=False, **kw)
+  with on_host():
+    hq, hk, hv, hdout = _host(q, k, v, dout)
+    up = [x.astype(jnp.float64) for x in (hq, hk, hv)]
+    ref = varlen_grads(*up, cu_q, cu_k, mq, mk, hdout.astype(jnp.float64),
+                       fn=reference.attention_varlen, **kw)
+    naive = varlen_grads(hq, hk, hv, cu_q, cu_k, mq, mk, hdout, fn=reference.attention_varlen,
+                         upcast=False, **kw)
   for name, g, r, n, x in zip(("dq", "dk", "dv"), got, ref, naive, (q, k, v)):
     assert g.shape == x.shape and g.dtype == x.dtype
     assert_fa3_close(name, g, r, n, dtype)
@@ -315,8 +332,10 @@ def seg_references(q, k, v, dout, **kw):
     (out, lse), vjp = jax.vjp(f, *args[:3])
     return out, lse, vjp((args[3], jnp.zeros_like(lse)))
 
-  up = [x.astype(jnp.float64) for x in (q, k, v, dout)]
-  return run_ref(*up, upcast=True), run_ref(q, k, v, dout, upcast=False)
+  with on_host():
+    host = _host(q, k, v, dout)
+    up = [x.astype(jnp.float64) for x in host]
+    return run_ref(*up, upcast=True), run_ref(*host, upcast=False)
 
 
 def check_segments(rng, q, k, v, dtype, **kw):
