@@ -16,6 +16,7 @@
 #   ring     issue 6 on a several-GPU machine: benchmarks.ring over all GPUs
 #            (RING_FLAGS) with the NCCL-overlap profile, a GQA check, and a
 #            2-process jax.distributed run (one process per GPU, GPUs 0 and 1)
+#   ringprof the NCCL-overlap profile, one ring case per process
 #   ringab   quick A/B of the ring's overlap (ring only, no check): each
 #            RING_AB_MARGINS sm_margin, then XLA's latency-hiding scheduler +
 #            high-priority collective stream flags; json in $OUT/ab
@@ -203,6 +204,20 @@ for stage in "$@"; do
         grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring_mp0.log" "$LOGS/ring_mp1.log" \
           | cut -c1-200 | tee -a "$summary"
       fi
+      ;;
+    ringprof)
+      # One profiled ring case per process: in one process only the first
+      # jax.profiler capture had compute kernels in it (trace_overlap.py).
+      for c in false true; do
+        for m in fwd bwd; do
+          python3 -m benchmarks.ring --singles=false --check=false --causal "$c" --modes "$m" \
+            --profile_dir "/tmp/ring_prof_$c$m" --out_dir "$OUT/prof" --tag "prof-causal$c-$m" \
+            ${RING_FLAGS:-} >"$LOGS/ringprof_$c$m.log" 2>&1
+          stamp "ring profile causal=$c $m: rc=$?"
+          grep -E "^ring|profile " "$LOGS/ringprof_$c$m.log" | sed 's/.*\] //; s/ (\/tmp.*//' \
+            | cut -c1-220 | tee -a "$summary"
+        done
+      done
       ;;
     ringab)
       ab="--singles=false --check=false --causal ${RING_AB_CAUSAL:-both} --profile_dir /tmp/ring_ab"
