@@ -26,11 +26,12 @@
 #   demo     the README's demo
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
-# $OUT gets summary.txt, the benchmark's json/md/png and logs.tar.gz.
+# $OUT gets summary.txt, the benchmark's json/md/png and logs/ (written there
+# directly, so a call killed at its time limit still brings back what ran).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/jax_fa3_out}
-LOGS=/tmp/jax_fa3_logs
+LOGS=${LOGS:-$OUT/logs}
 mkdir -p "$OUT" "$LOGS"
 export PYTHONUNBUFFERED=1 PATH=/usr/local/cuda/bin:$PATH
 summary="$OUT/summary.txt"
@@ -272,6 +273,5 @@ if [ -n "$cpu_pid" ]; then
   wait "$cpu_pid"
   stamp "cpu tests: rc=$? $(tail -1 "$LOGS/test_cpu.log")"
 fi
-tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
 [ -f "$LOGS/bench.log" ] && tail -45 "$LOGS/bench.log"
 cat "$summary"
