@@ -275,10 +275,7 @@ def _error_summary(records) -> str:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _SMOKE.value:
-    cli.apply_smoke(_SMOKE_OVERRIDES)
+  cli.start(argv, _SMOKE.value, _SMOKE_OVERRIDES)
   impls = [i.strip() for i in _IMPLS.value if i.strip()]
   for i in impls:
     if i not in ALL_IMPLS:

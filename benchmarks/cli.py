@@ -1,9 +1,19 @@
-"""Command-line helpers shared by the benchmark programs (attention, ring)."""
+"""Command-line helpers shared by the benchmark programs (attention, ring,
+varlen)."""
 
 from __future__ import annotations
 
 from absl import app
 from absl import flags
+
+
+def start(argv, smoke: bool, overrides: dict) -> None:
+  """Every program's first step: no positional arguments (UsageError), and
+  --smoke applied (``apply_smoke``)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if smoke:
+    apply_smoke(overrides)
 
 
 def apply_smoke(overrides: dict) -> None:

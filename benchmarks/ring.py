@@ -378,10 +378,7 @@ def format_table(records) -> str:
 # -------------------------------------------------------------------- main --
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _SMOKE.value:
-    cli.apply_smoke(_SMOKE_OVERRIDES)
+  cli.start(argv, _SMOKE.value, _SMOKE_OVERRIDES)
   modes = cli.parse_modes(_MODES.value)
   causals = {"both": [False, True], "true": [True], "false": [False]}[_CAUSAL.value]
   _init_distributed()

@@ -158,10 +158,7 @@ class Problem:
 
 
 def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _SMOKE.value:
-    cli.apply_smoke(_SMOKE_OVERRIDES)
+  cli.start(argv, _SMOKE.value, _SMOKE_OVERRIDES)
   modes = cli.parse_modes(_MODES.value)
   import jax  # pylint: disable=g-import-not-at-top
   dtype = _DTYPE.value

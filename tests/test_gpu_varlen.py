@@ -14,9 +14,9 @@ import pytest
 
 import jax_fa3
 from conftest import f64, randn
-from test_varlen import (LENS_K, LENS_Q, MASK_IDS, MASKS, check_dead_rows,
-                         check_equals_dense_per_sequence, check_forward, check_grads,
-                         check_segments, make_packed)
+from test_varlen import (LENS_K, LENS_Q, MASK_IDS, MASKS, check_equals_dense_per_sequence,
+                         check_forward, check_grads, check_segments, check_seqused,
+                         make_packed)
 
 pytestmark = pytest.mark.gpu
 
@@ -73,14 +73,8 @@ def test_equals_dense_kernel_per_sequence(rng):
 
 
 def test_seqused(rng):
-  lens_q, lens_k = [100, 700, 4, 300], [120, 660, 80, 10]
-  used_q = np.array([100, 650, 0, 170], np.int32)
-  used_k = np.array([30, 660, 80, 0], np.int32)
-  q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, 4, 2, 64, jnp.bfloat16)
-  kw = dict(seqused_q=jnp.asarray(used_q), seqused_k=jnp.asarray(used_k), causal=True)
-  out, lse = check_forward(q, k, v, cu_q, cu_k, 650, 660, jnp.bfloat16, **kw)
-  dq, dk, dv = check_grads(rng, q, k, v, cu_q, cu_k, 650, 660, jnp.bfloat16, **kw)
-  check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k)
+  check_seqused(rng, [100, 700, 4, 300], [120, 660, 80, 10],
+                np.array([100, 650, 0, 170], np.int32), np.array([30, 660, 80, 0], np.int32))
 
 
 def test_deterministic_gradients_bitwise(rng):

@@ -167,18 +167,27 @@ def check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k):
   return dead_q, dead_k
 
 
+def check_seqused(rng, lens_q, lens_k, used_q, used_k):
+  """Causal attention with seqused (max_seqlen = the longest used length)
+  against the references, forward and gradients, and the rows past seqused
+  (and the padding after the last sequence) dead on each side. Returns
+  ((q, k, v, cu_q, cu_k), kw, out, dead_k)."""
+  q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, 4, 2, 64, jnp.bfloat16)
+  kw = dict(seqused_q=jnp.asarray(used_q), seqused_k=jnp.asarray(used_k), causal=True)
+  mq, mk = int(np.max(used_q)), int(np.max(used_k))
+  out, lse = check_forward(q, k, v, cu_q, cu_k, mq, mk, jnp.bfloat16, **kw)
+  dq, dk, dv = check_grads(rng, q, k, v, cu_q, cu_k, mq, mk, jnp.bfloat16, **kw)
+  _, dead_k = check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k)
+  return (q, k, v, cu_q, cu_k), kw, out, dead_k
+
+
 def test_seqused(rng):
   """Only the first seqused rows of each allocated sequence count: past them
   out 0, lse -inf, zero dq (q side) and no influence, zero dk/dv (k side)."""
-  lens_q, lens_k = [10, 70, 4, 30], [12, 66, 8, 1]
   used_q = np.array([10, 65, 0, 17], np.int32)
   used_k = np.array([3, 66, 8, 0], np.int32)
-  q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, 4, 2, 64, jnp.bfloat16)
-  kw = dict(seqused_q=jnp.asarray(used_q), seqused_k=jnp.asarray(used_k), causal=True)
-  out, lse = check_forward(q, k, v, cu_q, cu_k, 65, 66, jnp.bfloat16, **kw)
-  dq, dk, dv = check_grads(rng, q, k, v, cu_q, cu_k, 65, 66, jnp.bfloat16, **kw)
-  # Rows past seqused (and the padding after the last sequence) per side.
-  _, dead_k = check_dead_rows(out, lse, dq, dk, dv, cu_q, cu_k, used_q, used_k)
+  (q, k, v, cu_q, cu_k), kw, out, dead_k = check_seqused(
+      rng, [10, 70, 4, 30], [12, 66, 8, 1], used_q, used_k)
   # Garbage in the unused key rows changes nothing.
   k2 = k.at[jnp.asarray(dead_k)].set(1e4)
   out2, _ = run(q, k2, v, cu_q, cu_k, 65, 66, **kw)

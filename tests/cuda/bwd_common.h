@@ -169,29 +169,6 @@ static bool check_tensor(const char* name, const std::vector<float>& got,
 }
 
 
-// Median time in ms of 10 calls of f (on the default stream), after 3
-// warm-up calls.
-template <class F>
-static double median_ms(F&& f) {
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<float> ms;
-  for (int it = 0; it < 13; ++it) {
-    CK(cudaEventRecord(a));
-    f();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float t;
-    CK(cudaEventElapsedTime(&t, a, b));
-    if (it >= 3) ms.push_back(t);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
 // Device buffers of one problem.
 struct Dev {
   void *q, *k, *v, *dout, *out, *dq, *dk, *dv, *ws;

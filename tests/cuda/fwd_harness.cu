@@ -206,27 +206,10 @@ static void bench() {
         AttnParams p = make_params(c, dq, dk, dv, dout, dlse);
         cudaStream_t st;
         CK(cudaStreamCreate(&st));
-        for (int i = 0; i < 5; ++i) {
+        double ms = median_ms([&] {
           std::string m = jax_fa3::hopper::run_fwd(p, st);
           if (!m.empty()) { printf("bench error %s\n", m.c_str()); exit(3); }
-        }
-        CK(cudaStreamSynchronize(st));
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        std::vector<float> ts;
-        for (int i = 0; i < 25; ++i) {
-          CK(cudaEventRecord(e0, st));
-          jax_fa3::hopper::run_fwd(p, st);
-          CK(cudaEventRecord(e1, st));
-          CK(cudaEventSynchronize(e1));
-          float ms;
-          CK(cudaEventElapsedTime(&ms, e0, e1));
-          ts.push_back(ms);
-        }
-        CK(cudaGetLastError());
-        std::sort(ts.begin(), ts.end());
-        double ms = ts[ts.size() / 2];
+        }, st, 5, 25);
         double flops = 4.0 * c.b * c.h * double(c.sq) * c.sk * c.d * (causal ? 0.5 : 1.0);
         rows.push_back({d, s, causal, flops / (ms * 1e-3) / 1e12, ms});
         CK(cudaFree(dq));

@@ -391,30 +391,12 @@ int sweep(bool quick) {
 double time_ms(const AttnParams& p, bool plain_rr) {
   cudaStream_t st;
   CK(cudaStreamCreate(&st));
-  for (int i = 0; i < 5; ++i) {
+  double ms = median_ms([&] {
     std::string m = run_fwd_mode(p, plain_rr, st);
     if (!m.empty()) { printf("bench error %s\n", m.c_str()); exit(3); }
-  }
-  CK(cudaStreamSynchronize(st));
-  cudaEvent_t e0, e1;
-  CK(cudaEventCreate(&e0));
-  CK(cudaEventCreate(&e1));
-  std::vector<float> ts;
-  for (int i = 0; i < 25; ++i) {
-    CK(cudaEventRecord(e0, st));
-    run_fwd_mode(p, plain_rr, st);
-    CK(cudaEventRecord(e1, st));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    ts.push_back(ms);
-  }
-  CK(cudaGetLastError());
-  CK(cudaEventDestroy(e0));
-  CK(cudaEventDestroy(e1));
+  }, st, 5, 25);
   CK(cudaStreamDestroy(st));
-  std::sort(ts.begin(), ts.end());
-  return ts[ts.size() / 2];
+  return ms;
 }
 
 // 16k tokens of documents with lengths uniform in [lo, hi] (the last one cut

@@ -7,11 +7,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cc/common/params.h"
 #include "cc/hopper/api.h"  // check_device (fwd_harness_main)
@@ -28,6 +30,33 @@ using jax_fa3::DType;
       exit(2);                                                                       \
     }                                                                                \
   } while (0)
+
+// Median time in ms of `iters` calls of f (which enqueues its work on st),
+// timed with events on st, after `warmup` untimed calls. Every harness
+// times with this.
+template <class F>
+static double median_ms(F&& f, cudaStream_t st = nullptr, int warmup = 3, int iters = 10) {
+  for (int i = 0; i < warmup; ++i) f();
+  CK(cudaStreamSynchronize(st));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int i = 0; i < iters; ++i) {
+    CK(cudaEventRecord(a, st));
+    f();
+    CK(cudaEventRecord(b, st));
+    CK(cudaEventSynchronize(b));
+    float t;
+    CK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CK(cudaGetLastError());
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
 
 static float round_to(DType t, float x) {
   if (t == DType::kBF16) return __bfloat162float(__float2bfloat16(x));
