@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   int m_row = m * kBlockM;  // first row of the block in the sequence
   int64_t seq_row = 0;      // row of the sequence's row 0 in the output
   if (vq.cu != nullptr) {
-    int b = bwd_pad_seq(vq, num_seqs, m_row, kBlockM);
-    m_row -= int(bwd_pad_start(vq, b, kBlockM));
+    int b = bwd_pad_seq(vq, num_seqs, m_row, kBwdPadM);
+    m_row -= int(bwd_pad_start(vq, b, kBwdPadM));
     seq_row = vq.start(b);
     seqlen_q = int(vq.len(b));
     if (m_row < 0 || m_row >= seqlen_q) return;  // padding between sequences

@@ -23,9 +23,10 @@
 namespace jax_fa3::hopper {
 
 // Rows are padded to multiples of these so every tile's workspace access is
-// in bounds (kBlockM = 64 for all head dims; kBlockN <= 128).
-constexpr int64_t kBwdPadM = 64;
+// in bounds (kBlockM 64 or 128, a divisor of kBwdPadM; kBlockN <= 128).
+constexpr int64_t kBwdPadM = 128;
 constexpr int64_t kBwdPadN = 128;
+constexpr int64_t kBwdMinBlockM = 64;
 constexpr int64_t kBwdMinBlockN = 64;
 
 // From the clamped start (VarlenSide): with start(b) <= total every block

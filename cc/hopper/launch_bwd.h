@@ -48,7 +48,7 @@ struct BwdWorkspace {
       w.sk_pad = up(p.seqlen_k, kBwdPadN);
       w.ws_batch = p.batch;
     }
-    w.num_m = w.sq_pad / kBwdPadM;
+    w.num_m = w.sq_pad / kBwdMinBlockM;  // the most query blocks of any kBlockM
     w.num_n_max = up(p.seqlen_k, kBwdMinBlockN) / kBwdMinBlockN;
     int64_t bh = w.ws_batch * p.num_heads, bhk = w.ws_batch * p.num_heads_k;
     int64_t o = 0;
@@ -109,7 +109,9 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   using Element = typename Traits::Element;
   constexpr int D = Traits::kHeadDim;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
-  static_assert(kBlockM == kBwdPadM && kBlockN <= kBwdPadN && kBlockN >= kBwdMinBlockN);
+  static_assert(kBwdPadM % kBlockM == 0 && kBlockM >= kBwdMinBlockM && kBlockN <= kBwdPadN &&
+                kBlockN >= kBwdMinBlockN);
+  int const num_m = int(w.sq_pad / kBlockM);  // this kernel's query blocks
   using GmemLayout = typename Traits::GmemLayout;
 
   // Varlen: the packed tensors, batch extent 1 (its stride, never stepped,
@@ -159,7 +161,7 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.tma_batch = int(tma_batch);
   kp.sq_pad = int(w.sq_pad);
   kp.sk_pad = int(w.sk_pad);
-  kp.num_m = int(w.num_m);
+  kp.num_m = num_m;
   // seqlen_k is the longest sequence's under varlen (params.h).
   int num_n = int((a.seqlen_k + kBlockN - 1) / kBlockN);
   kp.num_n = num_n;
@@ -198,10 +200,10 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   }
   // dQ: undo the accumulator's fragment order, scale, cast (bwd_dq.h).
   bwd_dq_convert_kernel<Traits>
-      <<<dim3(unsigned(w.num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
+      <<<dim3(unsigned(num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
          Traits::kNumMmaThreads, 0, stream>>>(
           kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
-          int(w.num_m), a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
+          num_m, a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
           a.is_varlen ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs));
   err = cudaGetLastError();
   if (err != cudaSuccess) {

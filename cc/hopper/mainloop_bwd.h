@@ -23,7 +23,7 @@ namespace jax_fa3::hopper {
 
 using namespace cute;
 
-// Tiles: kBlockM = 64 query rows per step, 2 consumer warpgroups.
+// Tiles: kBlockM query rows per step (64; 128 at d64), 2 consumer warpgroups.
 //   d <= 128: kBlockN = 128; S/dP split along N (64 keys per WG), dK/dV
 //             split along N (each WG owns 64 key rows x D), dQ split along D.
 //   d >= 192: kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
@@ -35,7 +35,10 @@ using namespace cute;
 // D, every GEMM reads both halves: single buffers, two barriers.
 // smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P 16K + dS 2x16K + dQ 32K = 208K;
 //              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K + dQ 16K = 224K.
+// d64: 128 query rows per step (the 64-row step's GEMMs were too small next
+// to its fixed costs: barriers, softmax, dQ out); smem 224K.
 template <int D> struct BwdTileConfig {
+  static constexpr int kBlockM = D <= 64 ? 128 : 64;
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr bool kDkvSplitD = D > 128;
 };
@@ -56,7 +59,7 @@ struct BwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int D = kHeadDim_;
-  static constexpr int kBlockM = 64;
+  static constexpr int kBlockM = BwdTileConfig<D>::kBlockM;
   static constexpr int kBlockN = BwdTileConfig<D>::kBlockN;
   static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
   static constexpr int kStages = 2;
