@@ -32,48 +32,14 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "cc/hopper/bwd_dq.h"
+#include "cc/hopper/consumer_bwd_swap.h"
+#include "cc/hopper/epilogue_bwd.h"
 #include "cc/hopper/mainloop_bwd.h"
 #include "cc/hopper/softmax.h"
 
 namespace jax_fa3::hopper {
 
 using namespace cute;
-
-__device__ __forceinline__ int bwd_ld_acquire(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
-// Deterministic ordering: thread 0 of the consumers spins until *sem ==
-// target, then all consumers proceed.
-__device__ __forceinline__ void bwd_sem_wait(const int* sem, int target, int tid) {
-  if (tid == 0) {
-    while (bwd_ld_acquire(sem) != target) {
-    }
-  }
-  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
-}
-__device__ __forceinline__ void bwd_sem_signal(int* sem, int tid) {
-  __threadfence();
-  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
-  if (tid == 0) atomicAdd(sem, 1);
-}
-
-// Rows at or past seqlen_q get -inf scores. Their lse2 is +inf, so P is
-// already 0 for finite scores; this also covers non-finite ones (varlen tiles
-// hold the next sequence's rows there).
-template <class TensorS, class TensorC>
-__device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, int row0,
-                                              int seqlen_q) {
-  CUTE_UNROLL
-  for (int r = 0; r < size<0>(s); ++r) {
-    if (row0 + int(get<0>(coord(r, 0))) >= seqlen_q) {
-      CUTE_UNROLL
-      for (int c = 0; c < size<1>(s); ++c) s(r, c) = -INFINITY;
-    }
-  }
-}
 
 // kVarlen: the CTA's mask and scratch rows come from its sequence (BwdSeq,
 // read from smem at each use); tiles reaching past the sequence hold the next
@@ -86,12 +52,6 @@ struct BwdConsumer {
   using Pipeline = typename Traits::MainloopPipeline;
   using PipelineState = typename Traits::PipelineState;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
-
-  __device__ __forceinline__ static FwdMask const& cta_mask(BwdKernelParams<Traits> const& p,
-                                                            typename Traits::SharedStorage& ss) {
-    if constexpr (kVarlen) return ss.seq.mask;
-    else return p.mask;
-  }
 
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
@@ -148,7 +108,7 @@ struct BwdConsumer {
     constexpr int kRows = decltype(size<0>(cS_rc))::value;
     constexpr int kCols = decltype(size<1>(cS_rc))::value;
 
-    FwdMask const& mask = cta_mask(p, ss);
+    FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
     int const bh = batch * p.num_heads + head;  // dense scratch
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
@@ -159,11 +119,8 @@ struct BwdConsumer {
     // the GEMM issue and the softmax; loading one step ahead spilled).
     float lse2[kRows], dsum[kRows];
 
-    // dQ goes out per warpgroup (each reduces its own half of the chunk), so
-    // the two warpgroups need not meet for it.
+    // dQ goes out per warpgroup (bwd_dq_out), so the two need not meet for it.
     int const wg = tid / 128, wg_tid = tid % 128;
-    constexpr int kDqHalf = kBlockM * kDqChunk / 2;
-    float* smem_dq = ss.smem_dq.data() + wg * kDqHalf;
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
     PipelineState state;
@@ -206,7 +163,7 @@ struct BwdConsumer {
       if constexpr (kVarlen) full = full && row0 + kBlockM <= mask.seqlen_q;
       if (!full) {
         mask.apply(s_rc, cS_rc, row0, n0);
-        if constexpr (kVarlen) bwd_mask_rows(s_rc, cS_rc, row0, mask.seqlen_q);
+        if constexpr (kVarlen) bwd_mask_rows<false>(s_rc, cS_rc, row0, mask.seqlen_q);
       }
       CUTE_UNROLL
       for (int r = 0; r < kRows; ++r) {
@@ -280,99 +237,19 @@ struct BwdConsumer {
       wgmma_issue<false>(mma_dkv, tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()),
                          tdKrdK);
 
-      // dQ partial -> smem in fragment order -> one bulk reduce-add per
-      // chunk and warpgroup into the fp32 accumulator (bwd_dq.h), issued by
-      // the warpgroup's first thread, while dK runs. Deterministic: the adds
-      // into one query block go in descending n_block order (see bwd_kernel
-      // for why); the two warpgroups add disjoint halves, so each CTA counts
-      // twice.
-      int64_t dq_m;  // query block in the scratch
-      if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
-      else dq_m = int64_t(bh) * p.num_m + m;
-      float* dq_blk = p.dq_accum + dq_m * (kBlockM * D) + wg * kDqHalf;
-      int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
-      CUTE_UNROLL
-      for (int ch = 0; ch < kDqChunks; ++ch) {
-        if (ch > 0) {
-          wgmma_issue<true>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt(_, _, _, ch), tdQrdQ);
-          warpgroup_wait<0>();
-          if (wg_tid == 0) tma_store_wait<0>();
-          cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqEmpty) + wg);
-        } else {
-          warpgroup_wait<1>();  // dV and dQ done (dK may still run)
-        }
-        dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
-        cutlass::arch::fence_view_async_shared();
-        cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqFull) + wg);
-        if (wg_tid == 0) {
-          if (ch == 0 && sem != nullptr) {
-            int nmin, nmax;
-            mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
-            while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
-            }
-          }
-          bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), smem_dq,
-                              uint32_t(kDqHalf * sizeof(float)));
-          tma_store_arrive();
-        }
-      }
+      bwd_dq_out<Traits, kVarlen>(p, ss, mask, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt,
+                                  tdQrdQ, m, n_block, bh, tid);
       warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);
       ++state;
-      if (sem != nullptr && wg_tid == 0) {
-        bulk_wait_complete();
-        __threadfence();
-        atomicAdd(sem, 1);
-      }
+      bwd_dq_signal<Traits, kVarlen>(p, ss, m, bh, tid);
     }
     // smem must outlive the last bulk reduce's reads.
     if (wg_tid == 0) tma_store_wait<0>();
 
-    // dK, dV epilogue. Varlen: the sequence's bounds are read again rather
-    // than kept live through the loop.
-    BwdSeq const se = p.template seq<kVarlen>(batch, head);
-    Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
-    if (p.h_h_k_ratio == 1) {
-      Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
-      Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
-      if constexpr (kVarlen) {  // packed: batch stride 0, rows from the sequence's start
-        dk += int64_t(se.k_row) * p.k_row_stride;
-        dv += int64_t(se.k_row) * p.k_row_stride;
-      }
-      CUTE_UNROLL
-      for (int i = 0; i < size(tdKrdK); i += 2) {
-        int row = n0 + int(get<0>(cKV(i)));
-        int col = int(get<1>(cKV(i)));
-        if (row < se.mask.seqlen_k) {
-          cutlass::NumericArrayConverter<Element, float, 2> cvt;
-          cutlass::Array<float, 2> k2, v2;
-          k2[0] = tdKrdK(i) * p.softmax_scale;
-          k2[1] = tdKrdK(i + 1) * p.softmax_scale;
-          v2[0] = tdVrdV(i);
-          v2[1] = tdVrdV(i + 1);
-          *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
-          *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
-        }
-      }
-    } else {
-      int const head_k = head / p.h_h_k_ratio;
-      int64_t const base = p.template dkv_accum_row<kVarlen>(batch, head_k, n_block);
-      int* sem = nullptr;
-      if (p.deterministic) {
-        sem = p.sem_dkv + (int64_t(batch) * p.num_heads_k + head_k) * p.num_n + n_block;
-        bwd_sem_wait(sem, head % p.h_h_k_ratio, tid);
-      }
-      if (m_hi > m_lo) {
-        CUTE_UNROLL
-        for (int i = 0; i < size(tdKrdK); ++i) {
-          int64_t off = (base + int(get<0>(cKV(i)))) * D + int(get<1>(cKV(i)));
-          atomicAdd(p.dk_accum + off, tdKrdK(i));
-          atomicAdd(p.dv_accum + off, tdVrdV(i));
-        }
-      }
-      if (p.deterministic) bwd_sem_signal(sem, tid);
-    }
+    bwd_dkv_epilogue<Traits, kVarlen>(p, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
+                                      m_hi > m_lo, tid);
   }
 };
 
@@ -408,7 +285,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if constexpr (kVarlen) ss.seq = sq;
   }
   typename Pipeline::Params pp;
-  pp.transaction_bytes = Traits::kTmaBytesQ;
+  pp.transaction_bytes = Traits::kStageBytesQ;
   pp.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer
                             : Pipeline::ThreadCategory::Consumer;
   pp.is_leader = threadIdx.x == 0;
@@ -428,8 +305,10 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
-    BwdConsumer<Traits, kVarlen>::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
-                                      int(threadIdx.x) - 128);
+    using Consumer = std::conditional_t<Traits::kSwapSdP, BwdConsumerSwap<Traits, kVarlen>,
+                                        BwdConsumer<Traits, kVarlen>>;
+    Consumer::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
+                  int(threadIdx.x) - 128);
   }
 }
 

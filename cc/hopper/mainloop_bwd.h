@@ -37,10 +37,21 @@ using namespace cute;
 //              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K + dQ 16K = 224K.
 // d64: 128 query rows per step (the 64-row step's GEMMs were too small next
 // to its fixed costs: barriers, softmax, dQ out); smem 224K.
+// d <= 128 computes the transposes S^T = K Q^T and dP^T = V dO^T (FA3's
+// SdP_swapAB): each warpgroup's accumulator rows are then its own 64 keys,
+// so P^T and dS^T feed dV += P^T dO and dK += dS^T Q straight from registers
+// (WGMMA RS) and only dS goes through smem (for dQ). The price: the row
+// statistics lse2 / dPsum are per column, so the producer stages them in
+// smem with Q / dO (consumer_bwd_swap.h).
 template <int D> struct BwdTileConfig {
   static constexpr int kBlockM = D <= 64 ? 128 : 64;
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr bool kDkvSplitD = D > 128;
+#ifdef JAX_FA3_BWD_SWAP  // build-time override for A/B experiments
+  static constexpr bool kSwapSdP = JAX_FA3_BWD_SWAP && D <= 128;
+#else
+  static constexpr bool kSwapSdP = D <= 128;
+#endif
 };
 
 // What one CTA's (sequence or batch entry, head) adds to the params. Dense:
@@ -62,6 +73,8 @@ struct BwdTraits {
   static constexpr int kBlockM = BwdTileConfig<D>::kBlockM;
   static constexpr int kBlockN = BwdTileConfig<D>::kBlockN;
   static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
+  static constexpr bool kSwapSdP = BwdTileConfig<D>::kSwapSdP;
+  static_assert(!(kSwapSdP && kDkvSplitD), "S^T needs dK/dV split along N");
   static constexpr int kStages = 2;
   // P and dS columns private to their warpgroup (see BwdTileConfig).
   static constexpr bool kPLocal = !kDkvSplitD;
@@ -74,19 +87,31 @@ struct BwdTraits {
                 (65536 / kNumThreads) / 8 * 8 * kNumThreads);
 
   // S = Q K^T and dP = dO V^T: (kBlockM, kBlockN), WGs side by side along N.
-  using TiledMmaSdP = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN / 2>, Int<D>>>(),
-      Layout<Shape<_1, _2, _1>>{}));
+  // Swapped: S^T = K Q^T, dP^T = V dO^T: (kBlockN, kBlockM), WGs stacked
+  // along the keys (M), both operands K-major as stored.
+  using TiledMmaSdP = std::conditional_t<
+      kSwapSdP,
+      decltype(make_tiled_mma(
+          GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockM>, Int<D>>>(),
+          Layout<Shape<_2, _1, _1>>{})),
+      decltype(make_tiled_mma(
+          GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockN / 2>, Int<D>>>(),
+          Layout<Shape<_1, _2, _1>>{}))>;
   // dV += P^T dO, dK += dS^T Q: (kBlockN, D), reduction over kBlockM. A is
-  // P^T / dS^T read transposed from smem (MN-major), B is dO^T / Q^T (MN-major).
+  // P^T / dS^T read transposed from smem (MN-major), or, swapped, the
+  // registers of S^T's accumulator (RS); B is dO^T / Q^T (MN-major).
   using AtomShapeKV = std::conditional_t<kDkvSplitD, Shape<_64, Int<D / 2>, Int<kBlockM>>,
                                          Shape<_64, Int<D>, Int<kBlockM>>>;
   using AtomLayoutKV = std::conditional_t<kDkvSplitD, Layout<Shape<_1, _2, _1>>,
                                           Layout<Shape<_2, _1, _1>>>;
-  using TiledMmadKV = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, AtomShapeKV, GMMA::Major::MN,
-                           GMMA::Major::MN>(),
-      AtomLayoutKV{}));
+  using TiledMmadKV = std::conditional_t<
+      kSwapSdP,
+      decltype(make_tiled_mma(GMMA::rs_op_selector<Element, Element, float, AtomShapeKV,
+                                                   GMMA::Major::K, GMMA::Major::MN>(),
+                              AtomLayoutKV{})),
+      decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, AtomShapeKV,
+                                                   GMMA::Major::MN, GMMA::Major::MN>(),
+                              AtomLayoutKV{}))>;
   // dQ = dS K: (kBlockM, D), reduction over kBlockN; WGs split D. d=256 does
   // it in 4 chunks of 64 columns: fewer accumulators next to the 128 of
   // dK/dV (without chunks ptxas spilled ~90 bytes), and a 16 KB fp32 staging
@@ -124,6 +149,9 @@ struct BwdTraits {
   using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename MainloopPipeline::PipelineState;
   static constexpr int kTmaBytesQ = kBlockM * D * int(sizeof(Element));
+  // Bytes of one Q (dO) stage: the tile, plus lse2 (dPsum) when swapped.
+  static constexpr int kRowStatBytes = kSwapSdP ? kBlockM * int(sizeof(float)) : 0;
+  static constexpr int kStageBytesQ = kTmaBytesQ + kRowStatBytes;
   static constexpr int kTmaBytesKV = kBlockN * D * int(sizeof(Element));
 
   struct SharedStorage {
@@ -131,10 +159,14 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutV>, 1024> smem_v;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> smem_q;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdO>, 1024> smem_do;
-    alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutP>, 1024> smem_p;
+    // Swapped, P stays in registers: no buffer.
+    alignas(1024) cute::array_aligned<Element, kSwapSdP ? 8 : cosize_v<SmemLayoutP>, 1024> smem_p;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
     // One dQ chunk in fragment order, the source of the bulk reduce-add.
     alignas(128) cute::array_aligned<float, kBlockM * kDqChunk, 128> smem_dq;
+    // Swapped: lse2 / dPsum of each stage's query rows, loaded with Q / dO.
+    alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_lse2;
+    alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_dpsum;
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
@@ -306,9 +338,21 @@ struct BwdProducer {
         pipe_q.producer_acquire(state);
         copy(p.tma_q.with(*pipe_q.producer_get_barrier(state), 0), tQgQ(_, _, _, m),
              tQsQ(_, _, _, state.index()));
+        if constexpr (Traits::kSwapSdP) {  // rows padded: in bounds, 16-byte aligned
+          SM90_BULK_COPY_G2S::copy(p.lse2 + sq.ws_row + m * kBlockM,
+                                   pipe_q.producer_get_barrier(state),
+                                   ss.smem_lse2.data() + state.index() * kBlockM,
+                                   Traits::kRowStatBytes);
+        }
         pipe_do.producer_acquire(state);
         copy(p.tma_do.with(*pipe_do.producer_get_barrier(state), 0), tdOgdO(_, _, _, m),
              tdOsdO(_, _, _, state.index()));
+        if constexpr (Traits::kSwapSdP) {
+          SM90_BULK_COPY_G2S::copy(p.dpsum + sq.ws_row + m * kBlockM,
+                                   pipe_do.producer_get_barrier(state),
+                                   ss.smem_dpsum.data() + state.index() * kBlockM,
+                                   Traits::kRowStatBytes);
+        }
         ++state;
       }
       // Drain: wait until the consumers released every stage, so the CTA does

@@ -70,6 +70,25 @@ struct FwdMask {
       }
     }
   }
+
+  // The same on a transposed tile (the backward's S^T): rows of `s` are keys,
+  // columns queries; `coord` gives (key, query) offsets from (col0, row0).
+  template <class TensorS, class TensorC>
+  __device__ __forceinline__ void apply_transposed(TensorS& s, TensorC const& coord, int row0,
+                                                   int col0) const {
+    using namespace cute;
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(s); ++c) {
+      int row = row0 + int(get<1>(coord(0, c)));
+      int lo = col_begin(row) - col0;
+      int hi = col_end(row) - col0;
+      CUTE_UNROLL
+      for (int r = 0; r < size<0>(s); ++r) {
+        int col = int(get<0>(coord(r, c)));
+        if (col < lo || col >= hi) s(r, c) = -INFINITY;
+      }
+    }
+  }
 };
 
 }  // namespace jax_fa3::hopper

@@ -1,0 +1,189 @@
+// Pieces of the backward consumer (JAX_FA3_BWD) shared by both step
+// layouts (kernel_bwd.h: S = Q K^T; consumer_bwd_swap.h: S^T = K Q^T): the
+// deterministic-mode semaphores, the masking of rows past a varlen
+// sequence, the per-step dQ output and the dK/dV epilogue.
+#pragma once
+
+#include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_conversion.h>
+
+#include "cc/hopper/bwd_dq.h"
+#include "cc/hopper/mainloop_bwd.h"
+
+namespace jax_fa3::hopper {
+
+using namespace cute;
+
+// The CTA's mask: the params' (dense, kept in constant/register
+// addressing) or its sequence's (varlen, in smem).
+template <bool kVarlen, class Params, class Storage>
+__device__ __forceinline__ FwdMask const& bwd_cta_mask(Params const& p, Storage& ss) {
+  if constexpr (kVarlen) return ss.seq.mask;
+  else return p.mask;
+}
+
+__device__ __forceinline__ int bwd_ld_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// Deterministic ordering: thread 0 of the consumers spins until *sem ==
+// target, then all consumers proceed.
+__device__ __forceinline__ void bwd_sem_wait(const int* sem, int target, int tid) {
+  if (tid == 0) {
+    while (bwd_ld_acquire(sem) != target) {
+    }
+  }
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+}
+__device__ __forceinline__ void bwd_sem_signal(int* sem, int tid) {
+  __threadfence();
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+  if (tid == 0) atomicAdd(sem, 1);
+}
+
+// Query rows at or past seqlen_q get -inf scores. Their lse2 is +inf, so P
+// is already 0 for finite scores; this also covers non-finite ones (varlen
+// tiles hold the next sequence's rows there). `coord` gives (query, key)
+// offsets per (row, col) of `s`; the query is the row (kQueryCol false) or
+// the column (true, the S^T layout).
+template <bool kQueryCol, class TensorS, class TensorC>
+__device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, int row0,
+                                              int seqlen_q) {
+  CUTE_UNROLL
+  for (int r = 0; r < size<0>(s); ++r) {
+    CUTE_UNROLL
+    for (int c = 0; c < size<1>(s); ++c) {
+      int const q = kQueryCol ? int(get<1>(coord(r, c))) : int(get<0>(coord(r, c)));
+      if (row0 + q >= seqlen_q) s(r, c) = -INFINITY;
+    }
+  }
+}
+
+// dQ of query block m: called right after dQ (its first chunk) and then dK
+// were issued, with dV issued before them. Each warpgroup writes its
+// accumulator half to smem in fragment order and its first thread issues
+// one bulk reduce-add into the fp32 accumulator (bwd_dq.h), while dK runs.
+// Further chunks (d256) are issued here. Deterministic: the adds into one
+// query block go in descending n_block order (bwd_kernel says why); the two
+// warpgroups add disjoint halves, so each CTA counts twice.
+// Precondition: thread 0 of the warpgroup waited for its previous bulk
+// reduce to read smem_dq (tma_store_wait) before a barrier of the warpgroup.
+template <class Traits, bool kVarlen, class MmaDq, class TA, class TB, class TC>
+__device__ __forceinline__ void bwd_dq_out(BwdKernelParams<Traits> const& p,
+                                           typename Traits::SharedStorage& ss,
+                                           FwdMask const& mask, MmaDq& mma_dq, TA const& tdQrdS,
+                                           TB const& tdQrKt, TC& tdQrdQ, int m, int n_block,
+                                           int bh, int tid) {
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
+  constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
+  constexpr int kDqHalf = kBlockM * kDqChunk / 2;
+  int const wg = tid / 128, wg_tid = tid % 128;
+  float* smem_dq = ss.smem_dq.data() + wg * kDqHalf;
+  int64_t dq_m;  // query block in the scratch
+  if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
+  else dq_m = int64_t(bh) * p.num_m + m;
+  float* dq_blk = p.dq_accum + dq_m * (kBlockM * D) + wg * kDqHalf;
+  int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
+  CUTE_UNROLL
+  for (int ch = 0; ch < kDqChunks; ++ch) {
+    if (ch > 0) {
+      wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
+      warpgroup_wait<0>();
+      if (wg_tid == 0) tma_store_wait<0>();
+      cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqEmpty) + wg);
+    } else {
+      warpgroup_wait<1>();  // dV and dQ done (dK may still run)
+    }
+    dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
+    cutlass::arch::fence_view_async_shared();
+    cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqFull) + wg);
+    if (wg_tid == 0) {
+      if (ch == 0 && sem != nullptr) {
+        int nmin, nmax;
+        mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
+        while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
+        }
+      }
+      bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), smem_dq,
+                          uint32_t(kDqHalf * sizeof(float)));
+      tma_store_arrive();
+    }
+  }
+}
+
+// After the step's last GEMM (dK) is done: the deterministic hand-off of the
+// query block's dQ accumulator to the next key block.
+template <class Traits, bool kVarlen>
+__device__ __forceinline__ void bwd_dq_signal(BwdKernelParams<Traits> const& p,
+                                              typename Traits::SharedStorage& ss, int m, int bh,
+                                              int tid) {
+  if (!p.deterministic || tid % 128 != 0) return;
+  int64_t dq_m;
+  if constexpr (kVarlen) dq_m = ss.seq.ws_row / Traits::kBlockM + m;
+  else dq_m = int64_t(bh) * p.num_m + m;
+  bulk_wait_complete();
+  __threadfence();
+  atomicAdd(p.sem_dq + dq_m, 1);
+}
+
+// dK, dV: registers -> output (dK scaled), or for GQA fp32 atomics into the
+// kv head's accumulator (deterministic: in query-head order). Varlen: the
+// sequence's bounds are read again rather than kept live through the loop.
+template <class Traits, bool kVarlen, class ThrMma, class Acc>
+__device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& p,
+                                                 ThrMma const& thr_dkv, Acc const& tdKrdK,
+                                                 Acc const& tdVrdV, int batch, int head,
+                                                 int n_block, bool any_m, int tid) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN, D = Traits::D;
+  int const n0 = n_block * kBlockN;
+  BwdSeq const se = p.template seq<kVarlen>(batch, head);
+  Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
+  if (p.h_h_k_ratio == 1) {
+    Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
+    Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
+    if constexpr (kVarlen) {  // packed: batch stride 0, rows from the sequence's start
+      dk += int64_t(se.k_row) * p.k_row_stride;
+      dv += int64_t(se.k_row) * p.k_row_stride;
+    }
+    CUTE_UNROLL
+    for (int i = 0; i < size(tdKrdK); i += 2) {
+      int row = n0 + int(get<0>(cKV(i)));
+      int col = int(get<1>(cKV(i)));
+      if (row < se.mask.seqlen_k) {
+        cutlass::NumericArrayConverter<Element, float, 2> cvt;
+        cutlass::Array<float, 2> k2, v2;
+        k2[0] = tdKrdK(i) * p.softmax_scale;
+        k2[1] = tdKrdK(i + 1) * p.softmax_scale;
+        v2[0] = tdVrdV(i);
+        v2[1] = tdVrdV(i + 1);
+        *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
+        *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
+      }
+    }
+  } else {
+    int const head_k = head / p.h_h_k_ratio;
+    int64_t const base = p.template dkv_accum_row<kVarlen>(batch, head_k, n_block);
+    int* sem = nullptr;
+    if (p.deterministic) {
+      sem = p.sem_dkv + (int64_t(batch) * p.num_heads_k + head_k) * p.num_n + n_block;
+      bwd_sem_wait(sem, head % p.h_h_k_ratio, tid);
+    }
+    if (any_m) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tdKrdK); ++i) {
+        int64_t off = (base + int(get<0>(cKV(i)))) * D + int(get<1>(cKV(i)));
+        atomicAdd(p.dk_accum + off, tdKrdK(i));
+        atomicAdd(p.dv_accum + off, tdVrdV(i));
+      }
+    }
+    if (p.deterministic) bwd_sem_signal(sem, tid);
+  }
+}
+
+}  // namespace jax_fa3::hopper
