@@ -87,7 +87,6 @@ struct BwdConsumerSwap {
     int const bh = batch * p.num_heads + head;  // dense scratch
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
-    int const wg_tid = tid % 128;
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
     PipelineState state;
@@ -167,11 +166,8 @@ struct BwdConsumerSwap {
       CUTE_UNROLL
       for (int i = 0; i < size(tdPrdP); ++i) rdS(i) = static_cast<Element>(tdPrdP(i));
       // dS -> smem. Its buffer was last read by the dQ GEMMs of two steps
-      // ago, which every consumer finished before the previous kDsFull. The
-      // warpgroup's first thread also waits here until its previous dQ bulk
-      // reduce has read smem_dq, which bwd_dq_out overwrites after kDsFull.
+      // ago, which every consumer finished before the previous kDsFull.
       cute::copy(stsm, thr_stsm.retile_S(rdS), tdSsdS(_, _, _, ds_stage));
-      if (wg_tid == 0) tma_store_wait<0>();
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
 
@@ -180,16 +176,12 @@ struct BwdConsumerSwap {
       Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
       wgmma_issue<false>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
-      bwd_dq_out<Traits, kVarlen>(p, ss, mask, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt,
-                                  tdQrdQ, m, n_block, bh, tid);
+      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid);
       warpgroup_wait<0>();  // dK done: Q, dO (and their lse2, dPsum) may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);
       ++state;
-      bwd_dq_signal<Traits, kVarlen>(p, ss, m, bh, tid);
     }
-    // smem must outlive the last bulk reduce's reads.
-    if (wg_tid == 0) tma_store_wait<0>();
     bwd_dkv_epilogue<Traits, kVarlen>(p, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
   }

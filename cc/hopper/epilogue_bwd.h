@@ -64,72 +64,101 @@ __device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, 
   }
 }
 
-// dQ of query block m: called right after dQ (its first chunk) and then dK
-// were issued, with dV issued before them. Each warpgroup writes its
-// accumulator half to smem in fragment order and its first thread issues
-// one bulk reduce-add into the fp32 accumulator (bwd_dq.h), while dK runs.
-// Further chunks (d256) are issued here. Deterministic: the adds into one
-// query block go in descending n_block order (bwd_kernel says why); the two
-// warpgroups add disjoint halves, so each CTA counts twice.
-// Precondition: thread 0 of the warpgroup waited for its previous bulk
-// reduce to read smem_dq (tma_store_wait) before a barrier of the warpgroup.
-template <class Traits, bool kVarlen, class MmaDq, class TA, class TB, class TC>
-__device__ __forceinline__ void bwd_dq_out(BwdKernelParams<Traits> const& p,
-                                           typename Traits::SharedStorage& ss,
-                                           FwdMask const& mask, MmaDq& mma_dq, TA const& tdQrdS,
-                                           TB const& tdQrKt, TC& tdQrdQ, int m, int n_block,
-                                           int bh, int tid) {
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
-  constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
-  constexpr int kDqHalf = kBlockM * kDqChunk / 2;
+// dQ of query block m, consumer side: called right after dQ (its first
+// chunk) and then dK were issued, with dV issued before them. Each
+// warpgroup writes its accumulator half to smem_dq in fragment order
+// (bwd_dq.h) and hands it to the dQ writer warp (BwdDqWriter), while dK
+// runs; further chunks (d256) are issued here.
+template <class Traits, class MmaDq, class TA, class TB, class TC>
+__device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, MmaDq& mma_dq,
+                                           TA const& tdQrdS, TB const& tdQrKt, TC& tdQrdQ,
+                                           int tid) {
+  constexpr int kDqChunks = Traits::kDqChunks;
+  constexpr int kDqHalf = Traits::kBlockM * Traits::kDqChunk / 2;
   int const wg = tid / 128, wg_tid = tid % 128;
   float* smem_dq = ss.smem_dq.data() + wg * kDqHalf;
-  int64_t dq_m;  // query block in the scratch
-  if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
-  else dq_m = int64_t(bh) * p.num_m + m;
-  float* dq_blk = p.dq_accum + dq_m * (kBlockM * D) + wg * kDqHalf;
-  int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
   CUTE_UNROLL
   for (int ch = 0; ch < kDqChunks; ++ch) {
     if (ch > 0) {
       wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
       warpgroup_wait<0>();
-      if (wg_tid == 0) tma_store_wait<0>();
-      cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqEmpty) + wg);
     } else {
       warpgroup_wait<1>();  // dV and dQ done (dK may still run)
     }
+    // The writer's previous bulk reduce has read this half.
+    cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
     dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
     cutlass::arch::fence_view_async_shared();
-    cutlass::arch::NamedBarrier::sync(128, uint32_t(BwdBarrier::kDqFull) + wg);
-    if (wg_tid == 0) {
-      if (ch == 0 && sem != nullptr) {
-        int nmin, nmax;
-        mask.template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
-        while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
-        }
-      }
-      bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk), smem_dq,
-                          uint32_t(kDqHalf * sizeof(float)));
-      tma_store_arrive();
-    }
+    cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
   }
 }
 
-// After the step's last GEMM (dK) is done: the deterministic hand-off of the
-// query block's dQ accumulator to the next key block.
+// The dQ writer: warp 1 of the producer warpgroup (as in FA3). For each
+// query block and chunk it takes the two warpgroups' halves from smem_dq and
+// issues one bulk reduce-add each into the fp32 accumulator. Deterministic:
+// the adds into one query block go in descending n_block order (bwd_kernel
+// says why): before its first add the writer waits until every higher key
+// block that touches the block has added (2 per CTA, one per half), and
+// after its last it waits for its adds to be complete and counts them.
+// Waiting here, off the consumers' path, is what keeps the deterministic
+// mode's hand-off latency out of every step (the consumers waited for it
+// themselves before, 35-40 % slower at d128).
 template <class Traits, bool kVarlen>
-__device__ __forceinline__ void bwd_dq_signal(BwdKernelParams<Traits> const& p,
-                                              typename Traits::SharedStorage& ss, int m, int bh,
-                                              int tid) {
-  if (!p.deterministic || tid % 128 != 0) return;
-  int64_t dq_m;
-  if constexpr (kVarlen) dq_m = ss.seq.ws_row / Traits::kBlockM + m;
-  else dq_m = int64_t(bh) * p.num_m + m;
-  bulk_wait_complete();
-  __threadfence();
-  atomicAdd(p.sem_dq + dq_m, 1);
-}
+struct BwdDqWriter {
+  static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, D = Traits::D;
+  static constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
+  static constexpr int kDqHalf = kBlockM * kDqChunk / 2;
+
+  // Whole warp calls (named barriers); lane 0 issues.
+  __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
+                                             typename Traits::SharedStorage& ss, int n_block,
+                                             int bh, int m_lo, int m_hi, int lane) {
+    using cutlass::arch::NamedBarrier;
+    if (m_hi <= m_lo) return;
+    uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
+    // Both halves start free: one arrival ahead of the consumers' first wait.
+    NamedBarrier::arrive(kBwdDqBarThreads, empty);
+    NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+#pragma unroll 1
+    for (int m = m_lo; m < m_hi; ++m) {
+      int64_t dq_m;  // query block in the scratch
+      if constexpr (kVarlen) dq_m = ss.seq.ws_row / kBlockM + m;
+      else dq_m = int64_t(bh) * p.num_m + m;
+      float* dq_blk = p.dq_accum + dq_m * (kBlockM * D);
+      int* sem = p.deterministic ? p.sem_dq + dq_m : nullptr;
+      if (sem != nullptr && lane == 0) {
+        int nmin, nmax;
+        bwd_cta_mask<kVarlen>(p, ss).template block_range<kBlockM, kBlockN>(m, &nmin, &nmax);
+        while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
+        }
+      }
+#pragma unroll 1
+      for (int ch = 0; ch < kDqChunks; ++ch) {
+        for (int w = 0; w < 2; ++w) {
+          NamedBarrier::sync(kBwdDqBarThreads, full + w);
+          if (lane == 0) {
+            bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk) + w * kDqHalf,
+                                ss.smem_dq.data() + w * kDqHalf,
+                                uint32_t(kDqHalf * sizeof(float)));
+            tma_store_arrive();
+          }
+        }
+        if (lane == 0) tma_store_wait<0>();  // smem_dq read
+        __syncwarp();
+        if (m + 1 < m_hi || ch + 1 < kDqChunks) {  // no consumer waits after the last
+          NamedBarrier::arrive(kBwdDqBarThreads, empty);
+          NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+        }
+      }
+      if (sem != nullptr && lane == 0) {
+        bulk_wait_complete();
+        __threadfence();
+        atomicAdd(sem, 2);
+      }
+    }
+    __syncwarp();
+  }
+};
 
 // dK, dV: registers -> output (dK scaled), or for GQA fp32 atomics into the
 // kv head's accumulator (deterministic: in query-head order). Varlen: the

@@ -1,19 +1,25 @@
 // FA3-style backward kernel (JAX_FA3_BWD).
 //
-//   warpgroup 0  : producer; warp 0 lane 0 issues TMA: K/V of this CTA's key
-//                  block once, then Q/dO blocks m_lo..m_hi-1 through two
-//                  2-stage PipelineTmaAsync rings.
+//   warpgroup 0  : producer. Warp 0 lane 0 issues TMA: K/V of this CTA's
+//                  key block once, then Q/dO blocks m_lo..m_hi-1 through two
+//                  2-stage PipelineTmaAsync rings (with lse2/dPsum when the
+//                  scores are transposed). Warp 1 is the dQ writer
+//                  (epilogue_bwd.h BwdDqWriter): bulk reduce-adds of the
+//                  consumers' dQ partials, and the deterministic ordering.
 //   warpgroups 1-2: consumers. Per query block:
 //                  S = Q K^T, dP = dO V^T                    (WGMMA ss)
 //                  P = exp2(S*scale_log2 - lse2)  (softcap: S capped first)
 //                  dS = P * (dP - dPsum)  (* (1 - tanh^2) with softcap)
 //                  P, dS -> smem (input dtype)
 //                  dV += P^T dO, dK += dS^T Q                (WGMMA ss, A^T)
-//                  dQ_partial = dS K -> smem -> bulk reduce-add into the fp32
-//                  workspace (bwd_dq.h; deterministic: per-(b, h, m_block)
-//                  semaphore, n order)
+//                  dQ_partial = dS K -> smem -> the dQ writer, which adds it
+//                  into the fp32 workspace (bwd_dq.h)
 //                  dK, dV: registers -> output (scaled) or, for GQA, atomicAdd
 //                  into fp32 workspace (deterministic: head order).
+//                  d <= 128 computes S^T and dP^T instead, with P^T and dS^T
+//                  feeding dV/dK from registers (consumer_bwd_swap.h); this
+//                  file's BwdConsumer serves d192/d256 (and any d with
+//                  -DJAX_FA3_BWD_SWAP=0).
 //
 // Grid: (num_n_blocks, num_heads, batch), one CTA per key block and query
 // head; not persistent. Varlen (bwd_kernel<Traits, true>): batch =
@@ -119,8 +125,7 @@ struct BwdConsumer {
     // the GEMM issue and the softmax; loading one step ahead spilled).
     float lse2[kRows], dsum[kRows];
 
-    // dQ goes out per warpgroup (bwd_dq_out), so the two need not meet for it.
-    int const wg = tid / 128, wg_tid = tid % 128;
+    int const wg = tid / 128;
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
     PipelineState state;
@@ -179,11 +184,8 @@ struct BwdConsumer {
         }
       }
 
-      // P -> smem. Thread 0 of each warpgroup first makes sure its previous
-      // dQ bulk reduce has read smem_dq: after the P barrier the warpgroup
-      // may overwrite it. Split D: every consumer's previous GEMMs must be
-      // done with sP/sdS first.
-      if (wg_tid == 0) tma_store_wait<0>();
+      // P -> smem. Split D: every consumer's previous GEMMs must be done with
+      // sP/sdS first.
       if constexpr (!Traits::kPLocal) {
         cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPdSEmpty));
       }
@@ -237,16 +239,12 @@ struct BwdConsumer {
       wgmma_issue<false>(mma_dkv, tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()),
                          tdKrdK);
 
-      bwd_dq_out<Traits, kVarlen>(p, ss, mask, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt,
-                                  tdQrdQ, m, n_block, bh, tid);
+      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid);
       warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);
       ++state;
-      bwd_dq_signal<Traits, kVarlen>(p, ss, m, bh, tid);
     }
-    // smem must outlive the last bulk reduce's reads.
-    if (wg_tid == 0) tma_store_wait<0>();
 
     bwd_dkv_epilogue<Traits, kVarlen>(p, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
@@ -302,6 +300,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if (warp_idx == 0) {
       BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, sq, m_lo, m_hi,
                                lane == 0);
+    } else if (warp_idx == 1) {
+      BwdDqWriter<Traits, kVarlen>::run(p, ss, n_block, batch * p.num_heads + head, m_lo, m_hi,
+                                        lane);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

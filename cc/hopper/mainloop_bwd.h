@@ -195,9 +195,11 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // split D, all consumers: the previous step's GEMMs no longer read sP/sdS
   kDsFull = 1,    // all consumers: sdS written; after the loop, the GQA semaphore hand-off
   kPFull = 2,     // its columns of sP written: one warpgroup (+ its index) when kPLocal, else all
-  kDqEmpty = 4,   // one warpgroup (+ its index): its last bulk reduce has read smem_dq
-  kDqFull = 6,    // one warpgroup (+ its index): its half of smem_dq written
+  kDqEmpty = 4,   // (+ warpgroup) dQ writer -> consumer warpgroup: its half of smem_dq read
+  kDqFull = 6,    // (+ warpgroup) consumer warpgroup -> dQ writer: its half written
 };
+// A consumer warpgroup and the dQ writer warp (epilogue_bwd.h).
+constexpr int kBwdDqBarThreads = 128 + 32;
 
 template <class Traits>
 struct BwdKernelParams {
