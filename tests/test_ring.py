@@ -233,6 +233,35 @@ def test_zigzag_causal_ring_hlo_has_no_conditional(rng):
 
 
 @child_only
+def test_zigzag_causal_ring_is_one_call_per_step(rng, monkeypatch):
+  """ring_zigzag: n forward and n backward kernel calls on 4 devices (the
+  general plan needs two per step after the first), and no selects of
+  operands."""
+  def calls(text):
+    return (len(re.findall(r"custom_call @jax_fa3_fwd\b", text)),
+            len(re.findall(r"custom_call @jax_fa3_bwd\b", text)))
+  fast = _ring_fwd_bwd_lowered(rng, "zigzag").as_text()
+  assert calls(fast) == (4, 4)
+  monkeypatch.setenv("JAX_FA3_RING_ZIGZAG", "0")
+  general = _ring_fwd_bwd_lowered(rng, "zigzag").as_text()
+  assert calls(general)[0] > 4 and calls(general)[1] > 4
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_zigzag_offsets_select_the_visible_rectangle(before):
+  """Per batch entry: j < i -> (q all, k chunk 0) + (no q, k chunk 1);
+  j > i -> (q chunk 0, no k) + (q chunk 1, k all)."""
+  from jax_fa3.parallel import ring_zigzag  # pylint: disable=g-import-not-at-top
+  cu_q, cu_k = ring_zigzag._offsets(jnp.asarray(before), 2, 8)
+  if before:
+    np.testing.assert_array_equal(cu_q, [0, 16, 16, 32, 32])
+    np.testing.assert_array_equal(cu_k, [0, 8, 16, 24, 32])
+  else:
+    np.testing.assert_array_equal(cu_q, [0, 8, 16, 24, 32])
+    np.testing.assert_array_equal(cu_k, [0, 0, 16, 16, 32])
+
+
+@child_only
 def test_ring_rejects_bad_layout(rng):
   q, k, v = make_qkv(rng, 1, 16, 16, 2, 2, 16, jnp.float32)
   with pytest.raises(ValueError, match="layout"):

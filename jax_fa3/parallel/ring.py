@@ -28,7 +28,10 @@ on the devices where the visiting block comes from a lower index and pair
 (1, 1) on the others, with the same (full) mask. Such complementary pairs
 ("couples") run instead as ONE kernel call on operands chosen per device
 with ``jnp.where`` (a copy of a chunk, cheap next to the attention), their
-results routed back the same way: no control flow at all.
+results routed back the same way: no control flow at all. The causal
+zigzag ring itself (no left window, equal lengths) takes a shorter road:
+``ring_zigzag`` runs each step as ONE varlen call whose offsets, computed
+from ``axis_index``, select the visible rectangle.
 
 Backward. FlashAttention's backward is exact per block when given the
 GLOBAL (merged) lse and out (P = exp(s - lse), D = rowsum(dO * O)), so each
@@ -328,6 +331,9 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
   """(out, lse) of exact attention over the ring; no custom_vjp (see
   ``ring_attention``). lse: float32 (*batch, heads, local seqlen_q)."""
   n = axis_size(axis_name)
+  from jax_fa3.parallel import ring_zigzag  # pylint: disable=g-import-not-at-top (cycle)
+  if n > 1 and ring_zigzag.applies(cfg, layout, q.shape[_SEQ], k.shape[_SEQ]):
+    return ring_zigzag.fwd(q, k, v, cfg, axis_name, n)
   plan = _Plan(cfg, layout, n, q.shape[_SEQ], k.shape[_SEQ])
   qs = _pieces(q, plan.pieces, _SEQ)
   acc_out = [_zeros_like(x, k, v) for x in qs]
@@ -381,6 +387,9 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
   """(dq, dk, dv) for the local shards, given the GLOBAL out and lse
   (as returned by ``ring_fwd``)."""
   n = axis_size(axis_name)
+  from jax_fa3.parallel import ring_zigzag  # pylint: disable=g-import-not-at-top (cycle)
+  if n > 1 and ring_zigzag.applies(cfg, layout, q.shape[_SEQ], k.shape[_SEQ]):
+    return ring_zigzag.bwd(q, k, v, out, lse, dout, cfg, axis_name, n)
   plan = _Plan(cfg, layout, n, q.shape[_SEQ], k.shape[_SEQ])
   p = plan.pieces
   qs, os_, dos = (_pieces(x, p, _SEQ) for x in (q, out, dout.astype(q.dtype)))
