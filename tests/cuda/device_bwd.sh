@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Device call for the backward harness: runs a prebuilt binary carried in
 # .devbuild/bwd_harness (tests/cuda/run_bwd_harness.sh with NO_RUN=1 built it
-# here), or builds it on the device when absent. Parts: $PARTS (default
+# here; BWD_HARNESS names another), or builds it on the device when absent. Parts: $PARTS (default
 # "quick sweep det bench memcheck racecheck"; the v* parts are the same for
 # --varlen, and "sweeps" runs both sweeps at once); logs to $LOGDIR (default
 # $OUT).
 export PATH=/usr/local/cuda/bin:$PATH
 OUT=${LOGDIR:-${OUT:-/tmp/out}}; mkdir -p "$OUT"
-B=/tmp/fa3_bwd_build/bwd_harness  # scripts/device.sh build puts it here
+B=${BWD_HARNESS:-/tmp/fa3_bwd_build/bwd_harness}  # scripts/device.sh build puts it here
 [ -x "$B" ] || B=.devbuild/bwd_harness
 if [ ! -x "$B" ]; then
   BUILD=/tmp/fa3_bwd_build NO_RUN=1 tests/cuda/run_bwd_harness.sh > "$OUT/bwd_build.txt" 2>&1 \
