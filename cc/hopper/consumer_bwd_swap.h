@@ -45,31 +45,20 @@ struct BwdConsumerSwap {
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
     auto thr_dq = mma_dq.get_thread_slice(tid);
 
-    Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
-    Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
-    Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
-    Tensor sQt = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQt{});
-    Tensor sdOt = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdOt{});
-    Tensor sKt = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutKt{});
-    Tensor sdS = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdS{});
-    Tensor sdSt = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdSt{});
-
-    Tensor tSrK = thr_sdp.make_fragment_A(thr_sdp.partition_A(sK));
-    Tensor tSrQ = thr_sdp.make_fragment_B(thr_sdp.partition_B(sQ));     // (.., stage)
-    Tensor tdPrV = thr_sdp.make_fragment_A(thr_sdp.partition_A(sV));
-    Tensor tdPrdO = thr_sdp.make_fragment_B(thr_sdp.partition_B(sdO));  // (.., stage)
-    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));  // (.., stage)
-    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));    // (.., stage)
-    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));      // (.., dS stage)
-    Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(
-        local_tile(sKt, Shape<Int<D>, Int<kBlockN>>{}, make_coord(_, _0{}))));  // (.., 1)
+    Tensor tSrK = thr_sdp.make_fragment_A(thr_sdp.partition_A(ss.k()));
+    Tensor tSrQ = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.q()));     // (.., stage)
+    Tensor tdPrV = thr_sdp.make_fragment_A(thr_sdp.partition_A(ss.v()));
+    Tensor tdPrdO = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.dO()));  // (.., stage)
+    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.dOt()));  // (.., stage)
+    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.qt()));    // (.., stage)
+    Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
+    Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., 1 chunk)
 
     // dS^T -> smem as dS (queries, keys): the transposing stmatrix writes the
     // accumulator's 8x8 tiles with the keys contiguous.
     auto stsm = make_tiled_copy_C(Copy_Atom<SM90_U16x8_STSM_T, Element>{}, mma_sdp);
     auto thr_stsm = stsm.get_thread_slice(tid);
-    Tensor tdSsdS = thr_stsm.partition_D(sdSt);  // (.., dS stage)
+    Tensor tdSsdS = thr_stsm.partition_D(ss.dst());  // (.., dS stage)
 
     Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
     Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});

@@ -64,6 +64,19 @@ __device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, 
   }
 }
 
+// The dQ GEMM's operands, the same for both step layouts: A = dS (.., dS
+// stage), B = K^T in kDqChunks column chunks (.., chunk).
+template <class Traits, class ThrMma>
+__device__ __forceinline__ auto bwd_dq_a(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
+  return thr_dq.make_fragment_A(thr_dq.partition_A(ss.ds()));
+}
+template <class Traits, class ThrMma>
+__device__ __forceinline__ auto bwd_dq_b(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
+  auto chunks = local_tile(ss.kt(), Shape<Int<Traits::kDqChunk>, Int<Traits::kBlockN>>{},
+                           make_coord(_, _0{}));
+  return thr_dq.make_fragment_B(thr_dq.partition_B(chunks));
+}
+
 // dQ of query block m, consumer side: called right after dQ (its first
 // chunk) and then dK were issued, with dV issued before them. Each
 // warpgroup writes its accumulator half to smem_dq in fragment order

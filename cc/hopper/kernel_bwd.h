@@ -71,38 +71,24 @@ struct BwdConsumer {
     auto thr_dkv = mma_dkv.get_thread_slice(tid);
     auto thr_dq = mma_dq.get_thread_slice(tid);
 
-    Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
-    Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
-    Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
-    Tensor sQt = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQt{});
-    Tensor sdOt = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdOt{});
-    Tensor sKt = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutKt{});
-    Tensor sP = make_tensor(make_smem_ptr(ss.smem_p.data()), typename Traits::SmemLayoutP{});
-    Tensor sdS = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdS{});
-    Tensor sPt = make_tensor(make_smem_ptr(ss.smem_p.data()), typename Traits::SmemLayoutPt{});
-    Tensor sdSt = make_tensor(make_smem_ptr(ss.smem_ds.data()), typename Traits::SmemLayoutdSt{});
-
-    Tensor tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(sQ));     // (MMA, M, K, stage)
-    Tensor tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(sK));
-    Tensor tdPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(sdO));  // (MMA, M, K, stage)
-    Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(sV));
-    Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sPt));
-    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sdOt));  // (.., stage)
-    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(sdSt));  // (.., dS stage)
-    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(sQt));    // (.., stage)
-    Tensor tdQrdS = thr_dq.make_fragment_A(thr_dq.partition_A(sdS));      // (.., dS stage)
+    Tensor tSrQ = thr_sdp.make_fragment_A(thr_sdp.partition_A(ss.q()));     // (MMA, M, K, stage)
+    Tensor tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.k()));
+    Tensor tdPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(ss.dO()));  // (MMA, M, K, stage)
+    Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.v()));
+    Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(ss.pt()));
+    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.dOt()));  // (.., stage)
+    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(ss.dst()));  // (.., dS stage)
+    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.qt()));    // (.., stage)
+    Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
+    Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., chunk)
     constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
-    // (D/chunks, kBlockN, chunk) view of K^T.
-    Tensor sKt_c = local_tile(sKt, Shape<Int<kDqChunk>, Int<kBlockN>>{}, make_coord(_, _0{}));
-    Tensor tdQrKt = thr_dq.make_fragment_B(thr_dq.partition_B(sKt_c));  // (.., chunk)
 
     // P / dS stores with stmatrix (four 8x8 tiles per instruction, from the
     // accumulator layout into the swizzled tiles): 8x fewer shared-memory
     // store instructions than one 16-bit store per element.
     auto stsm = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
     auto thr_stsm = stsm.get_thread_slice(tid);
-    Tensor tPsP = thr_stsm.partition_D(sP);
+    Tensor tPsP = thr_stsm.partition_D(ss.p());
 
     Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
     Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
@@ -229,7 +215,7 @@ struct BwdConsumer {
         Tensor rdS = make_tensor_like<Element>(tdPrdP);
         CUTE_UNROLL
         for (int i = 0; i < size(tdPrdP); ++i) rdS(i) = static_cast<Element>(tdPrdP(i));
-        cute::copy(stsm, thr_stsm.retile_S(rdS), thr_stsm.partition_D(sdS(_, _, ds_stage)));
+        cute::copy(stsm, thr_stsm.retile_S(rdS), thr_stsm.partition_D(ss.ds()(_, _, ds_stage)));
       }
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));

@@ -174,6 +174,19 @@ struct BwdTraits {
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
     BwdSeq seq;
+
+    // Tensor views of the tiles; the ..t ones read the same bytes transposed.
+    CUTE_DEVICE auto q() { return make_tensor(make_smem_ptr(smem_q.data()), SmemLayoutQ{}); }
+    CUTE_DEVICE auto qt() { return make_tensor(make_smem_ptr(smem_q.data()), SmemLayoutQt{}); }
+    CUTE_DEVICE auto dO() { return make_tensor(make_smem_ptr(smem_do.data()), SmemLayoutdO{}); }
+    CUTE_DEVICE auto dOt() { return make_tensor(make_smem_ptr(smem_do.data()), SmemLayoutdOt{}); }
+    CUTE_DEVICE auto k() { return make_tensor(make_smem_ptr(smem_k.data()), SmemLayoutK{}); }
+    CUTE_DEVICE auto kt() { return make_tensor(make_smem_ptr(smem_k.data()), SmemLayoutKt{}); }
+    CUTE_DEVICE auto v() { return make_tensor(make_smem_ptr(smem_v.data()), SmemLayoutV{}); }
+    CUTE_DEVICE auto p() { return make_tensor(make_smem_ptr(smem_p.data()), SmemLayoutP{}); }
+    CUTE_DEVICE auto pt() { return make_tensor(make_smem_ptr(smem_p.data()), SmemLayoutPt{}); }
+    CUTE_DEVICE auto ds() { return make_tensor(make_smem_ptr(smem_ds.data()), SmemLayoutdS{}); }
+    CUTE_DEVICE auto dst() { return make_tensor(make_smem_ptr(smem_ds.data()), SmemLayoutdSt{}); }
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 232448, "bwd tile does not fit in shared memory");
@@ -315,24 +328,20 @@ struct BwdProducer {
       Tensor gdO = local_tile(mdO, Shape<Int<kBlockM>, Int<D>>{}, make_coord(_, _0{}));
       Tensor gK = local_tile(mK, Shape<Int<kBlockN>, Int<D>>{}, make_coord(n_block, _0{}));
       Tensor gV = local_tile(mV, Shape<Int<kBlockN>, Int<D>>{}, make_coord(n_block, _0{}));
-      Tensor sQ = make_tensor(make_smem_ptr(ss.smem_q.data()), typename Traits::SmemLayoutQ{});
-      Tensor sdO = make_tensor(make_smem_ptr(ss.smem_do.data()), typename Traits::SmemLayoutdO{});
-      Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
-      Tensor sV = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutV{});
       auto tq = p.tma_q.get_slice(_0{});
       auto tdo = p.tma_do.get_slice(_0{});
       auto tk = p.tma_k.get_slice(_0{});
       auto tv = p.tma_v.get_slice(_0{});
       Tensor tQgQ = tq.partition_S(gQ);    // (TMA, .., m_blocks)
-      Tensor tQsQ = tq.partition_D(sQ);    // (TMA, .., stages)
+      Tensor tQsQ = tq.partition_D(ss.q());    // (TMA, .., stages)
       Tensor tdOgdO = tdo.partition_S(gdO);
-      Tensor tdOsdO = tdo.partition_D(sdO);
+      Tensor tdOsdO = tdo.partition_D(ss.dO());
 
       ss.barrier_kv.arrive_and_expect_tx(2 * Traits::kTmaBytesKV);
       copy(p.tma_k.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tk.partition_S(gK),
-           tk.partition_D(sK));
+           tk.partition_D(ss.k()));
       copy(p.tma_v.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tv.partition_S(gV),
-           tv.partition_D(sV));
+           tv.partition_D(ss.v()));
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       // Not unrolled: the producer runs on 24 registers (setmaxnreg).
 #pragma unroll 1
