@@ -62,6 +62,8 @@ _TOKENS = flags.DEFINE_integer("tokens", 16384,
                                "Tokens per point: batch = tokens / seqlen.")
 _HIDDEN = flags.DEFINE_integer("hidden", 2048,
                                "Hidden size: heads = hidden / head_dim.")
+_GQA = flags.DEFINE_integer(
+    "gqa", 1, "Query heads per K/V head (GQA/MQA): k and v get heads / gqa heads.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed calls before timing.")
 _ITERS = flags.DEFINE_integer(
     "iters", 10, "Timed reps (each a loop of back-to-back calls); median.")
@@ -164,16 +166,19 @@ def _jitted_fwd(impl: str, causal: bool):
   return jax.jit(_attention_fn(impl, causal))
 
 
-def _make_inputs(shape, dtype: str, n_sets: int, seed: int):
-  """n_sets tuples (q, k, v, dout) of random normal arrays."""
+def _make_inputs(shape, dtype: str, n_sets: int, seed: int, gqa: int = 1):
+  """n_sets tuples (q, k, v, dout) of random normal arrays; k and v have
+  heads / gqa heads."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   dt = jnp.dtype(dtype)
+  kv_shape = shape[:2] + (shape[2] // gqa,) + shape[3:]
+  shapes = (shape, kv_shape, kv_shape, shape)
   sets = []
   key = jax.random.key(seed)
   for _ in range(n_sets):
     key, *ks = jax.random.split(key, 5)
-    sets.append(tuple(jax.random.normal(kk, shape, dt) for kk in ks))
+    sets.append(tuple(jax.random.normal(kk, sh, dt) for kk, sh in zip(ks, shapes)))
   return jax.block_until_ready(sets)
 
 
@@ -283,6 +288,10 @@ def main(argv) -> None:
   modes = cli.parse_modes(_MODES.value)
   head_dims = _parse_ints(_HEAD_DIMS.value, "head_dims")
   seqlens = _parse_ints(_SEQLENS.value, "seqlens")
+  for d in head_dims:
+    if _GQA.value < 1 or (_HIDDEN.value // d) % _GQA.value:
+      raise app.UsageError(f"--gqa {_GQA.value} must divide the {_HIDDEN.value // d} heads "
+                           f"of head_dim {d} (--hidden {_HIDDEN.value})")
   causals = {"both": [False, True], "true": [True],
              "false": [False]}[_CAUSAL.value]
   dtype = _DTYPE.value
@@ -324,7 +333,7 @@ def main(argv) -> None:
 
     def get_inputs(dt: str, n_sets: int):
       if (dt, n_sets) not in inputs:
-        inputs[(dt, n_sets)] = _make_inputs(shape, dt, n_sets, _SEED.value)
+        inputs[(dt, n_sets)] = _make_inputs(shape, dt, n_sets, _SEED.value, _GQA.value)
       return inputs[(dt, n_sets)]
 
     def get_prepared(impl: str) -> Prepared:
@@ -349,7 +358,7 @@ def main(argv) -> None:
       rec: dict[str, Any] = {
           "impl": impl, "mode": mode, "dtype": impl_dtype(impl, dtype),
           "d": d, "causal": causal, "seqlen": s, "batch": batch,
-          "heads": heads, "ms": None, "tflops": None,
+          "heads": heads, "kv_heads": heads // _GQA.value, "ms": None, "tflops": None,
       }
       reason = skip_reason(impl, mode, d, s)
       if reason:
