@@ -171,7 +171,7 @@ struct BwdConsumerSwap {
       pipe_do.consumer_release(state);
       ++state;
     }
-    bwd_dkv_epilogue<Traits, kVarlen>(p, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
+    bwd_dkv_epilogue<Traits, kVarlen>(p, ss, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
   }
 };

@@ -232,7 +232,7 @@ struct BwdConsumer {
       ++state;
     }
 
-    bwd_dkv_epilogue<Traits, kVarlen>(p, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
+    bwd_dkv_epilogue<Traits, kVarlen>(p, ss, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
   }
 };
