@@ -73,7 +73,6 @@ struct BwdConsumerSwap {
     constexpr int kCols = decltype(size<1>(cS_rc))::value;
 
     FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
-    int const bh = batch * p.num_heads + head;  // dense scratch
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
 
