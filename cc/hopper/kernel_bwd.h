@@ -81,7 +81,7 @@ struct BwdConsumer {
     Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.qt()));    // (.., stage)
     Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
     Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., chunk)
-    constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
+    constexpr int kDqChunk = Traits::kDqChunk;
 
     // P / dS stores with stmatrix (four 8x8 tiles per instruction, from the
     // accumulator layout into the swizzled tiles): 8x fewer shared-memory

@@ -33,7 +33,6 @@ the exposed transfer time, not these copies.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
@@ -70,7 +69,8 @@ def _offsets(before, batch: int, c: int):
 
 
 def _full(cfg):
-  return dataclasses.replace(cfg, causal=False, window_left=-1, window_right=-1)
+  """cfg without a mask: the rectangle is fully visible."""
+  return ring._pair_cfg(cfg, ring.PairMask(skip=False))
 
 
 def _spec(s: int) -> primitives.VarlenSpec:
