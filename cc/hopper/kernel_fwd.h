@@ -80,6 +80,21 @@ struct FwdConsumer {
     Tensor sK = make_tensor(make_smem_ptr(ss.smem_k.data()), typename Traits::SmemLayoutK{});
     Tensor sVt = make_tensor(make_smem_ptr(ss.smem_v.data()), typename Traits::SmemLayoutVt{});
     Tensor tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ));   // descriptors
+    // Q's WGMMA descriptors (one per 16-wide k step) are loop invariant, so
+    // the compiler keeps all of them live: 32 registers at d=256, which
+    // spilled 56 bytes in the main loop with kBlockN 80. Making the smem
+    // address opaque per use makes it recompute them (a few integer adds
+    // per GEMM) instead.
+    auto q_desc = [&]() {
+      if constexpr (Traits::kRecomputeQDesc) {
+        Element* q = ss.smem_q.data();
+        asm volatile("" : "+l"(q));
+        Tensor sQ_now = make_tensor(make_smem_ptr(q), typename Traits::SmemLayoutQ{});
+        return thr_qk.make_fragment_A(thr_qk.partition_A(sQ_now));
+      } else {
+        return tSrQ;
+      }
+    };
     Tensor tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK));   // (MMA, N, K, stage)
     Tensor tOrV = thr_pv.make_fragment_B(thr_pv.partition_B(sVt));  // (MMA, D, N, stage)
 
@@ -140,7 +155,7 @@ struct FwdConsumer {
         PipelineState state_v = state;  // V stage of the block whose P is held
         pipe_k.consumer_wait(state);
         warp_sched_wait(wg);
-        wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+        wgmma_issue<true>(mma_qk, q_desc(), tSrK(_, _, _, state.index()), tSrS);
         warp_sched_arrive(wg);
         warpgroup_wait<0>();
         pipe_k.consumer_release(state);
@@ -153,7 +168,7 @@ struct FwdConsumer {
         for (--n; n >= n_min; --n) {
           pipe_k.consumer_wait(state);
           warp_sched_wait(wg);
-          wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+          wgmma_issue<true>(mma_qk, q_desc(), tSrK(_, _, _, state.index()), tSrS);
           pipe_v.consumer_wait(state_v);
           wgmma_issue<false>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), tOrO);
           warp_sched_arrive(wg);
@@ -183,7 +198,7 @@ struct FwdConsumer {
           // tensor cores busy during this one's softmax.
           pipe_k.consumer_wait(state);
           warp_sched_wait(wg);
-          wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, state.index()), tSrS);
+          wgmma_issue<true>(mma_qk, q_desc(), tSrK(_, _, _, state.index()), tSrS);
           warp_sched_arrive(wg);
           warpgroup_wait<0>();
           pipe_k.consumer_release(state);
@@ -246,7 +261,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   StaticTileScheduler const& sched = p.sched;
   if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<kVarlen ? Traits::kProducerRegsVarlen : Traits::kProducerRegs>();
     if (warp_idx == 0) {
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       bool q_in_use = false;
@@ -283,7 +298,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       }
     }
   } else {
-    cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+    cutlass::arch::warpgroup_reg_alloc<kVarlen ? Traits::kConsumerRegsVarlen : Traits::kConsumerRegs>();
     int const thread_idx = threadIdx.x - 128;
     PipelineState state;  // index 0, phase 0
     uint32_t q_phase = 0;

@@ -30,10 +30,12 @@ using namespace cute;
 //   d=96 : 128x128, 2 WGs, 2 stages: 24K + 2*48K = 120 KB
 //   d=128: 128x128, 2 WGs, 2 stages: 32K + 2*64K = 160 KB
 //   d=192: 128x64 , 2 WGs, 3 stages: 48K + 3*48K = 192 KB
-//   d=256: 128x64 , 2 WGs, 2 stages: 64K + 2*64K = 192 KB
-// Measured on H100 (tests/cuda, bf16, 16k): d=256 with kBlockN = 80 (FA3's
-// choice) ran at 446 TF/s against 619 with 64; d=64 with 3 warpgroups ran
-// 6-8% faster non-causal but 25% slower causal at 2k, hence two variants.
+//   d=256: 128x80 , 2 WGs, 2 stages: 64K + 2*80K = 224 KB
+// Measured on H100 (tests/cuda, bf16): d=256 overlapped without pingpong at
+// 24/240 registers (FA3's choice) ran 1.12-1.24x the serial 128x64 tile
+// (16k: 599 -> 742 TF/s non-causal), 128x64 overlapped 1.07-1.13x; d=64
+// with 3 warpgroups ran 6-8% faster non-causal but 25% slower causal at 2k,
+// hence two variants.
 // Registers (setmaxnreg): the producer's + consumers' counts must fit in
 // what the CTA got at launch (65536 / threads, rounded down to 8, x threads):
 // 168 x 384 = 64512 for 2 consumer WGs, 128 x 512 = 65536 for 3.
@@ -54,7 +56,7 @@ template <> struct TileConfig<192, 2> {
   static constexpr int kBlockN = 64, kStages = 3, kProducerRegs = 40, kConsumerRegs = 232;
 };
 template <> struct TileConfig<256, 2> {
-  static constexpr int kBlockN = 64, kStages = 2, kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr int kBlockN = 80, kStages = 2, kProducerRegs = 24, kConsumerRegs = 240;
 };
 
 // Largest 128B/64B/32B swizzle atom whose row (contiguous run along head_dim)
@@ -86,23 +88,36 @@ struct FwdTraits {
   // must stay within what the CTA got at launch (168 * 384 = 64512).
   static constexpr int kProducerRegs = Config::kProducerRegs;
   static constexpr int kConsumerRegs = Config::kConsumerRegs;
+  // The varlen producer (sequence lookups per tile) spills ~380 bytes at 24
+  // registers; the varlen kernel gives it 40 and its consumers 232 (its main
+  // loop stays spill-free; per-tile scalars spill ~44 bytes at d=256).
+  static constexpr int kProducerRegsVarlen = kProducerRegs == 24 ? 40 : kProducerRegs;
+  static constexpr int kConsumerRegsVarlen = kProducerRegs == 24 ? 232 : kConsumerRegs;
   static_assert(kProducerRegs * 128 + kConsumerRegs * kNumMmaThreads <=
+                (65536 / kNumThreads) / 8 * 8 * kNumThreads);
+  static_assert(kProducerRegsVarlen * 128 + kConsumerRegsVarlen * kNumMmaThreads <=
                 (65536 / kNumThreads) / 8 * 8 * kNumThreads);
 
   // FA3 §3.2 scheduling: intra-warpgroup overlap of softmax with the
   // WGMMAs, and pingpong of the consumer warpgroups. The overlapped mainloop
-  // keeps S, P and O live at once; d=256 (O alone is 128 registers) and the
-  // 3-warpgroup d=64 (160 registers per thread) spill with it, so they use
-  // the serial mainloop. Pingpong is on with the overlapped mainloop only:
-  // added to the serial one it cost 7-10% on H100 (d=256 16k: 619 -> 576
-  // TF/s; d=64 3-WG 16k: 484 -> 438), the strict hand-over adding waits
-  // there; the warpgroups already interleave on their own.
-#ifdef JAX_FA3_FWD_OVERLAP  // build-time override for experiments
+  // keeps S, P and O live at once; the 3-warpgroup d=64 (160 registers per
+  // thread) spills with it, so it uses the serial mainloop. Pingpong: added
+  // to the serial mainloop it cost 7-10% on H100 (d=64 3-WG 16k: 484 -> 438
+  // TF/s), the strict hand-over adding waits; at d=256 (overlapped) it cost
+  // 3-5% against none (FA3 also drops it above d=128), the two warpgroups'
+  // long GEMMs interleave on their own.
+#ifdef JAX_FA3_FWD_OVERLAP  // build-time overrides for experiments
   static constexpr bool kOverlap = JAX_FA3_FWD_OVERLAP;
 #else
-  static constexpr bool kOverlap = kHeadDim_ <= 192 && kNumMmaWarpGroups == 2;
+  static constexpr bool kOverlap = kNumMmaWarpGroups == 2;
 #endif
-  static constexpr bool kPingpong = kOverlap;
+#ifdef JAX_FA3_FWD_PINGPONG
+  static constexpr bool kPingpong = JAX_FA3_FWD_PINGPONG;
+#else
+  static constexpr bool kPingpong = kOverlap && kHeadDim_ <= 192;
+#endif
+  // kernel_fwd.h (q_desc): recompute Q's descriptors per GEMM at d=256.
+  static constexpr bool kRecomputeQDesc = kHeadDim_ == 256;
 
   using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;
   using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;

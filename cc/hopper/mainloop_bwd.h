@@ -44,11 +44,7 @@ using namespace cute;
 // statistics lse2 / dPsum are per column, so the producer stages them in
 // smem with Q / dO (consumer_bwd_swap.h).
 template <int D> struct BwdTileConfig {
-#ifdef JAX_FA3_BWD_BLOCK_M_D64  // build-time override for A/B experiments
-  static constexpr int kBlockM = D <= 64 ? JAX_FA3_BWD_BLOCK_M_D64 : 64;
-#else
   static constexpr int kBlockM = D <= 64 ? 128 : 64;
-#endif
   static constexpr int kBlockN = D <= 128 ? 128 : 64;
   static constexpr bool kDkvSplitD = D > 128;
 #ifdef JAX_FA3_BWD_SWAP  // build-time override for A/B experiments
@@ -79,11 +75,7 @@ struct BwdTraits {
   static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
   static constexpr bool kSwapSdP = BwdTileConfig<D>::kSwapSdP;
   static_assert(!(kSwapSdP && kDkvSplitD), "S^T needs dK/dV split along N");
-#ifdef JAX_FA3_BWD_STAGES  // build-time override for A/B experiments (Q/dO ring depth)
-  static constexpr int kStages = JAX_FA3_BWD_STAGES;
-#else
   static constexpr int kStages = 2;
-#endif
   // P and dS columns private to their warpgroup (see BwdTileConfig).
   static constexpr bool kPLocal = !kDkvSplitD;
   static constexpr int kDsStages = kPLocal ? 2 : 1;
