@@ -45,16 +45,35 @@ __device__ __forceinline__ void bulk_wait_complete() {
   asm volatile("cp.async.bulk.wait_group 0;" : : : "memory");
 }
 
+// Thread t's fp32 fragment in fragment order: f(float4 index, value).
+template <int kThreads, class Frag, class F>
+__device__ __forceinline__ void dq_frag_for_each(Frag const& frag, int t, F&& f) {
+  static_assert(decltype(size(frag))::value % 4 == 0);
+  CUTE_UNROLL
+  for (int j = 0; j < size(frag) / 4; ++j) {
+    f(j * kThreads + t, make_float4(frag(4 * j), frag(4 * j + 1), frag(4 * j + 2), frag(4 * j + 3)));
+  }
+}
+
 // Thread t's fp32 fragment -> shared memory in fragment order.
 template <int kThreads, class Frag>
 __device__ __forceinline__ void dq_frag_store(Frag const& frag, float* smem, int t) {
-  static_assert(decltype(size(frag))::value % 4 == 0);
   float4* dst = reinterpret_cast<float4*>(smem);
-  CUTE_UNROLL
-  for (int j = 0; j < size(frag) / 4; ++j) {
-    dst[j * kThreads + t] = make_float4(frag(4 * j), frag(4 * j + 1), frag(4 * j + 2),
-                                        frag(4 * j + 3));
-  }
+  dq_frag_for_each<kThreads>(frag, t, [&](int i, float4 v) { dst[i] = v; });
+}
+
+// Thread t's fp32 fragment added straight into the accumulator in global
+// memory (same order) with vector reductions (sm_90 red.v4.f32): a warp's
+// instruction adds 512 contiguous bytes. Not ordered, so never used by the
+// deterministic mode.
+template <int kThreads, class Frag>
+__device__ __forceinline__ void dq_frag_red(Frag const& frag, float* gmem, int t) {
+  dq_frag_for_each<kThreads>(frag, t, [&](int i, float4 v) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};"
+                 :
+                 : "l"(gmem + 4 * i), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+  });
 }
 
 // dQ = softmax_scale * accumulator, cast to the input dtype and written to

@@ -164,7 +164,8 @@ struct BwdConsumerSwap {
       Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
       wgmma_issue<false>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
-      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid);
+      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid, nullptr,
+                         p.deterministic);
       warpgroup_wait<0>();  // dK done: Q, dO (and their lse2, dPsum) may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);

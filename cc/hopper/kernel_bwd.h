@@ -225,7 +225,9 @@ struct BwdConsumer {
       wgmma_issue<false>(mma_dkv, tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()),
                          tdKrdK);
 
-      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid);
+      bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid,
+                         kBwdDqRed<Traits> ? bwd_dq_block<Traits, kVarlen>(p, ss, bh, m) : nullptr,
+                         p.deterministic);
       warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);

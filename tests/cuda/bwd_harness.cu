@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -105,6 +106,8 @@ static void bench(int only_d) {
   for (int d : {64, 96, 128, 192, 256}) {
     if (only_d && d != only_d) continue;
     for (int s : {2048, 8192, 16384}) {
+      // BWD_BENCH_S=N times seqlen N only (one case to profile with ncu).
+      if (getenv("BWD_BENCH_S") && atoi(getenv("BWD_BENCH_S")) != s) continue;
       for (bool causal : {false, true}) {
         Case c{d, DType::kBF16, 16384 / s, s, s, 2048 / d, 2048 / d, causal, -1, -1, 0.f};
         size_t nq = size_t(c.b) * s * c.h * d;
