@@ -132,24 +132,25 @@ struct BwdConsumerSwap {
       wgmma_issue<false>(mma_dkv, tdVrP, tdVrdOt(_, _, _, stage), tdVrdV);
 
       warpgroup_wait<1>();  // dP^T done (dV may still run)
-      CUTE_UNROLL
-      for (int c = 0; c < kCols; ++c) {
-        int const q = int(get<1>(cS_rc(0, c)));
-        float const dsum = s_dsum[q];
+      // The softcap test sits outside the unrolled loop: inside it, each
+      // element's skipped softcap code lay inline in the hot path (64
+      // branches per step at d64, and instruction-cache stalls).
+      auto ds_loop = [&](auto cap_c) {
         CUTE_UNROLL
-        for (int r = 0; r < kRows; ++r) {
-          float pv = s_rc(r, c);
-          float ds = pv * (dp_rc(r, c) - dsum);
-          if (cap) {
-            // 1 - tanh^2 of the capped score, recovered from P (see
-            // BwdConsumer); where P == 0, dS is 0, selected.
-            float t = (__log2f(fmaxf(pv, 1e-37f)) + s_lse2[q]) * (0.6931471805599453f / p.softcap);
-            ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
+        for (int c = 0; c < kCols; ++c) {
+          int const q = int(get<1>(cS_rc(0, c)));
+          float const dsum = s_dsum[q];
+          CUTE_UNROLL
+          for (int r = 0; r < kRows; ++r) {
+            float pv = s_rc(r, c);
+            float ds = bwd_ds<decltype(cap_c)::value>(pv, dp_rc(r, c), dsum, s_lse2[q], p.softcap);
+            if (kVarlen && !full && !(pv > 0.f)) ds = 0.f;
+            dp_rc(r, c) = ds;
           }
-          if (kVarlen && !full && !(pv > 0.f)) ds = 0.f;
-          dp_rc(r, c) = ds;
         }
-      }
+      };
+      if (cap) ds_loop(cute::true_type{});
+      else ds_loop(cute::false_type{});
       Tensor rdS = make_tensor_like<Element>(tdPrdP);
       CUTE_UNROLL
       for (int i = 0; i < size(tdPrdP); ++i) rdS(i) = static_cast<Element>(tdPrdP(i));

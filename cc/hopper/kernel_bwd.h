@@ -190,24 +190,22 @@ struct BwdConsumer {
       wgmma_issue<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, state.index()), tdVrdV);
 
       warpgroup_wait<1>();  // dP done (dV may still run)
-      CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) {
+      // Softcap tested once, outside the unrolled loop (consumer_bwd_swap.h
+      // says why).
+      auto ds_loop = [&](auto cap_c) {
         CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) {
-          float pv = s_rc(r, c);
-          float ds = pv * (dp_rc(r, c) - dsum[r]);
-          if (cap) {
-            // 1 - tanh^2 of the capped score, recovered from P: capped =
-            // (log2 P + lse2) / log2(e). Where P == 0 (masked, or a row that
-            // sees no key, whose lse2 is +inf) dS is 0: select it, since
-            // 0 * (1 - inf^2) would be NaN.
-            float t = (__log2f(fmaxf(pv, 1e-37f)) + lse2[r]) * (0.6931471805599453f / p.softcap);
-            ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
+        for (int r = 0; r < kRows; ++r) {
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) {
+            float pv = s_rc(r, c);
+            float ds = bwd_ds<decltype(cap_c)::value>(pv, dp_rc(r, c), dsum[r], lse2[r], p.softcap);
+            if (kVarlen && !full && !(pv > 0.f)) ds = 0.f;
+            dp_rc(r, c) = ds;
           }
-          if (kVarlen && !full && !(pv > 0.f)) ds = 0.f;
-          dp_rc(r, c) = ds;
         }
-      }
+      };
+      if (cap) ds_loop(cute::true_type{});
+      else ds_loop(cute::false_type{});
       // dS -> smem. Its buffer was last read by the GEMMs of two steps ago
       // (kDsStages 2), which every consumer finished before the previous
       // step's kDsFull; or (split D) before this step's kPdSEmpty.

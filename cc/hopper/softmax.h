@@ -51,6 +51,23 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x;
 }
 
+// Backward: dS of one score from P and dP, P (dP - dPsum). With softcap
+// (kCap) times 1 - tanh^2 of the capped score, recovered from P: capped =
+// (log2 P + lse2) / log2(e). Where P == 0 (masked, or a row that sees no
+// key, whose lse2 is +inf) dS is 0: selected, since 0 * (1 - inf^2) would
+// be NaN. kCap is a template argument so that the caller can test softcap
+// once, outside its unrolled loop over the tile (see the callers).
+template <bool kCap>
+__device__ __forceinline__ float bwd_ds(float pv, float dp, float dsum, float lse2,
+                                        float softcap) {
+  float ds = pv * (dp - dsum);
+  if constexpr (kCap) {
+    float t = (__log2f(fmaxf(pv, 1e-37f)) + lse2) * (0.6931471805599453f / softcap);
+    ds = pv > 0.f ? ds * (1.f - t * t) : 0.f;
+  }
+  return ds;
+}
+
 template <int kRows>
 struct OnlineSoftmax {
   float row_max[kRows];
