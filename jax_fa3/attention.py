@@ -51,7 +51,7 @@ def attention(q: jax.Array,
       sees no key, whose output is 0). The LSE carries no gradient (as FA3).
     deterministic: make the backward bitwise reproducible run to run (the
       dQ partials of the key blocks are added in a fixed order; on the H100
-      about 10 % slower at d128, 14-23 % at d256, as fast at d64:
+      13-25 % slower at d128/d256, as fast at d64 from 8k on:
       tests/cuda/NOTES.md).
     segment_ids: packed sequences given per token: an int32 array
       ``(batch..., seqlen)`` used for both q and k/v (needs ``seqlen_q ==
