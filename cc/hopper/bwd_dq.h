@@ -51,7 +51,8 @@ __device__ __forceinline__ void dq_frag_for_each(Frag const& frag, int t, F&& f)
   static_assert(decltype(size(frag))::value % 4 == 0);
   CUTE_UNROLL
   for (int j = 0; j < size(frag) / 4; ++j) {
-    f(j * kThreads + t, make_float4(frag(4 * j), frag(4 * j + 1), frag(4 * j + 2), frag(4 * j + 3)));
+    f(j * kThreads + t,
+      make_float4(frag(4 * j), frag(4 * j + 1), frag(4 * j + 2), frag(4 * j + 3)));
   }
 }
 

@@ -261,7 +261,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
 
   StaticTileScheduler const& sched = p.sched;
   if (warp_group == 0) {
-    cutlass::arch::warpgroup_reg_dealloc<kVarlen ? Traits::kProducerRegsVarlen : Traits::kProducerRegs>();
+    cutlass::arch::warpgroup_reg_dealloc<kVarlen ? Traits::kProducerRegsVarlen
+                                                 : Traits::kProducerRegs>();
     if (warp_idx == 0) {
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       bool q_in_use = false;
@@ -298,7 +299,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       }
     }
   } else {
-    cutlass::arch::warpgroup_reg_alloc<kVarlen ? Traits::kConsumerRegsVarlen : Traits::kConsumerRegs>();
+    cutlass::arch::warpgroup_reg_alloc<kVarlen ? Traits::kConsumerRegsVarlen
+                                               : Traits::kConsumerRegs>();
     int const thread_idx = threadIdx.x - 128;
     PipelineState state;  // index 0, phase 0
     uint32_t q_phase = 0;
