@@ -183,36 +183,33 @@ struct BwdDqWriter {
         while (bwd_ld_acquire(sem) < 2 * (nmax - 1 - n_block)) {
         }
       }
-      if constexpr (kRed) {  // deterministic: the consumers' turn, then the signal
+      if constexpr (kRed) {  // deterministic: the consumers' turn, then their adds
         __syncwarp();
         for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
         for (int w = 0; w < 2; ++w) NamedBarrier::sync(kBwdDqBarThreads, full + w);
-        if (lane == 0) {
-          __threadfence();
-          atomicAdd(sem, 2);
-        }
-        continue;
-      }
+      } else {
 #pragma unroll 1
-      for (int ch = 0; ch < kDqChunks; ++ch) {
-        for (int w = 0; w < 2; ++w) {
-          NamedBarrier::sync(kBwdDqBarThreads, full + w);
-          if (lane == 0) {
-            bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk) + w * kDqHalf,
-                                ss.smem_dq.data() + w * kDqHalf,
-                                uint32_t(kDqHalf * sizeof(float)));
-            tma_store_arrive();
+        for (int ch = 0; ch < kDqChunks; ++ch) {
+          for (int w = 0; w < 2; ++w) {
+            NamedBarrier::sync(kBwdDqBarThreads, full + w);
+            if (lane == 0) {
+              bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk) + w * kDqHalf,
+                                  ss.smem_dq.data() + w * kDqHalf,
+                                  uint32_t(kDqHalf * sizeof(float)));
+              tma_store_arrive();
+            }
           }
-        }
-        if (lane == 0) tma_store_wait<0>();  // smem_dq read
-        __syncwarp();
-        if (m + 1 < m_hi || ch + 1 < kDqChunks) {  // no consumer waits after the last
-          NamedBarrier::arrive(kBwdDqBarThreads, empty);
-          NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+          if (lane == 0) tma_store_wait<0>();  // smem_dq read
+          __syncwarp();
+          if (m + 1 < m_hi || ch + 1 < kDqChunks) {  // no consumer waits after the last
+            NamedBarrier::arrive(kBwdDqBarThreads, empty);
+            NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+          }
         }
       }
       if (sem != nullptr && lane == 0) {
-        bulk_wait_complete();
+        // kRed: the barrier, then this fence, publish the consumers' adds.
+        if constexpr (!kRed) bulk_wait_complete();
         __threadfence();
         atomicAdd(sem, 2);
       }
