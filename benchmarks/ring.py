@@ -55,6 +55,12 @@ Timing: ``benchmarks/timing.py`` (warm-up, then the median over ``--iters``
 reps of back-to-back calls ending in one ``block_until_ready``, rotating over
 ``--input_sets`` random input sets).
 
+XLA flags: ``--collective_overlap`` (default on) appends
+``--xla_gpu_experimental_parallel_collective_overlap_limit=4`` to XLA_FLAGS.
+With XLA's default limit of one collective in flight, the second array of
+each ppermute (V, and dV in the backward) ran synchronously on the compute
+stream (``python -m benchmarks.trace_overlap TRACE`` shows it).
+
 Multi-process (one process per GPU): ``--coordinator host:port
 --num_processes N --process_id i`` calls ``jax.distributed.initialize`` first;
 the mesh then spans every process's devices, only process 0 prints and
@@ -133,6 +139,10 @@ _SMOKE = flags.DEFINE_bool(
 _SM_MARGIN = flags.DEFINE_integer(
     "sm_margin", -1, "sm_margin of ring_attention's forward kernels; -1 = the "
     "library default (jax_fa3.parallel.ring.RING_SM_MARGIN).")
+_COLLECTIVE_OVERLAP = flags.DEFINE_bool(
+    "collective_overlap", True, "Append jax_fa3.parallel.ring.COLLECTIVE_OVERLAP_FLAG to "
+    "XLA_FLAGS (unless it sets the overlap limit already), so that all of a ring step's "
+    "transfers run beside its compute.")
 _SINGLES = flags.DEFINE_bool(
     "singles", True, "Time the single-device baselines (needed for the "
     "efficiency); off for quick A/B runs of the ring alone.")
@@ -177,6 +187,15 @@ def _shard_map():
   if sm is None:  # jax < 0.7
     from jax.experimental.shard_map import shard_map as sm  # pylint: disable=g-import-not-at-top
   return sm
+
+
+def _set_xla_flags() -> None:
+  """--collective_overlap: the XLA flag the ring needs, before jax starts."""
+  from jax_fa3.parallel import ring  # pylint: disable=g-import-not-at-top
+  current = os.environ.get("XLA_FLAGS", "")
+  name = ring.COLLECTIVE_OVERLAP_FLAG.split("=")[0]
+  if _COLLECTIVE_OVERLAP.value and name not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {ring.COLLECTIVE_OVERLAP_FLAG}".strip()
 
 
 def _init_distributed() -> None:
@@ -342,6 +361,12 @@ def _profile(fn, args, name, calls=3) -> dict[str, Any]:
 
 # ----------------------------------------------------------------- records --
 
+def _effective_margin() -> int:
+  """The sm_margin the ring's forward kernels run with."""
+  from jax_fa3.parallel import ring  # pylint: disable=g-import-not-at-top
+  return _SM_MARGIN.value if _SM_MARGIN.value >= 0 else ring.RING_SM_MARGIN
+
+
 def _record(impl, n, layout, causal, mode, tokens_per_device, seqlen, t, flops,
             **extra) -> dict[str, Any]:
   rec = {"impl": impl, "n_devices": n, "layout": layout, "causal": causal,
@@ -381,6 +406,7 @@ def main(argv) -> None:
   cli.start(argv, _SMOKE.value, _SMOKE_OVERRIDES)
   modes = cli.parse_modes(_MODES.value)
   causals = {"both": [False, True], "true": [True], "false": [False]}[_CAUSAL.value]
+  _set_xla_flags()
   _init_distributed()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -405,7 +431,7 @@ def main(argv) -> None:
                "per device, global %d -> %s", kind, n, jax.process_count(),
                jax.__version__, dtype, heads, kv_heads, d, tpd, big_s, json_path)
   common = {"dtype": dtype, "heads": heads, "kv_heads": kv_heads, "d": d,
-            "sm_margin": _SM_MARGIN.value, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "sm_margin": _effective_margin(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "device": kind, "n_processes": jax.process_count()}
 
   records: list[dict[str, Any]] = []

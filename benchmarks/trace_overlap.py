@@ -17,9 +17,10 @@ per GPU, from the kernel intervals on its stream lanes:
                   syncs), and ``span_ms`` the first kernel start to the last
                   kernel end.
 
-NCCL kernels are recognised by name (``nccl`` in it, case-insensitive); every
-other kernel on a ``Stream`` lane counts as compute (memcpy/memset lanes are
-ignored). Intervals are merged per class before intersecting, so concurrent
+NCCL kernels are recognised by name (``nccl`` in it, case-insensitive), and
+every other kernel on a ``Stream`` lane counts as compute, memcpy/memset
+events (names starting "Mem") are ignored. Lanes are not filtered by their
+name: XLA's "Stream #N(Compute,Memset)" lanes carry compute kernels. Intervals are merged per class before intersecting, so concurrent
 kernels are not double counted.
 """
 
@@ -79,6 +80,20 @@ def _intersection(xs: Sequence[tuple[float, float]], ys: Sequence[tuple[float, f
   return total
 
 
+def _kind(name: str) -> str | None:
+  """"comm", "compute" or None (ignored) for one event on a Stream lane."""
+  low = name.lower()
+  if "nccl" in low:
+    return "comm"
+  # Copies and memsets are told by their event name, not by the lane: XLA's
+  # lanes mix kinds ("Stream #50(Compute,Memset)" holds the attention
+  # kernels when the program has a memset too; filtering such lanes out had
+  # dropped every compute kernel of the zigzag ring's traces).
+  if name.startswith("Mem"):
+    return None
+  return "compute"
+
+
 def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
   """Per GPU (keyed by the trace's process name): comm_ms, exposed_ms,
   overlap, compute_ms, span_ms, and the kernel counts. Empty when the trace
@@ -103,9 +118,9 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
     if "GPU" not in pname or not tname.startswith("Stream"):
       continue
     name = e.get("name", "")
-    if "memcpy" in tname.lower() or "memset" in tname.lower() or name.startswith("Mem"):
+    kind = _kind(name)
+    if kind is None:
       continue
-    kind = "comm" if "nccl" in name.lower() else "compute"
     lanes = per_gpu.setdefault(e["pid"], {"comm": [], "compute": [], "attn": []})
     interval = (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
     lanes[kind].append(interval)
@@ -151,3 +166,39 @@ def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
   total["overlap"] = 1.0 - total["exposed_ms"] / comm if valid else float("nan")
   total["n_gpus"] = len(stats)
   return total
+
+
+
+def timeline(trace_path: str, gpu: str = "GPU:0", max_ms: float = 1e9) -> list[str]:
+  """One line per GPU event of the device whose name contains ``gpu``, in
+  start order: start and duration (ms, from its first event), lane, name.
+  An NCCL kernel on the attention kernels' lane is a collective that XLA ran
+  synchronously on the compute stream."""
+  with gzip.open(trace_path, "rt") as fh:
+    data = json.load(fh)
+  events = data["traceEvents"] if isinstance(data, dict) else data
+  procs = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  lanes = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  mine = sorted((e for e in events if e.get("ph") == "X" and "dur" in e
+                 and gpu in procs.get(e["pid"], "")), key=lambda e: float(e["ts"]))
+  lines = []
+  for e in mine:
+    t = (float(e["ts"]) - float(mine[0]["ts"])) / 1e3
+    if t > max_ms:
+      break
+    lines.append(f"{t:10.3f} {float(e['dur']) / 1e3:8.3f}  "
+                 f"{lanes.get((e['pid'], e.get('tid')), '')[:26]:26s} {e.get('name', '')[:80]}")
+  return lines
+
+
+if __name__ == "__main__":
+  # python -m benchmarks.trace_overlap TRACE [GPU [MAX_MS]]: the per-GPU
+  # stats, then the timeline of one GPU.
+  import sys  # pylint: disable=g-import-not-at-top
+  trace = sys.argv[1]
+  for name, st in sorted(overlap_stats(trace).items()):
+    print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in st.items()))
+  print("\n".join(timeline(trace, *(sys.argv[2:3] or ["GPU:0"]),
+                           *[float(x) for x in sys.argv[3:4]])))

@@ -16,10 +16,11 @@
 #   ring     issue 6 on a several-GPU machine: benchmarks.ring over all GPUs
 #            (RING_FLAGS) with the NCCL-overlap profile, a GQA check, and a
 #            2-process jax.distributed run (one process per GPU, GPUs 0 and 1)
+#   ringcfg  A/B of ring configurations (RING_CFGS: env + XLA flags), json in
+#            $OUT/ab; RING_XLA_FLAGS=auto: later ring stages use the fastest
+#   ringtrace  traces + optimized HLO of single ring cases, command buffers off
 #   ringprof the NCCL-overlap profile, one ring case per process
-#   ringab   quick A/B of the ring's overlap (ring only, no check): each
-#            RING_AB_MARGINS sm_margin, then XLA's latency-hiding scheduler +
-#            high-priority collective stream flags; json in $OUT/ab
+#            (RINGPROF_CAUSAL: "false true"; XLA_FLAGS from RING_XLA_FLAGS)
 #   varlen   issue 7 through JAX: tests/test_gpu_varlen.py, invalid offsets under
 #            compute-sanitizer memcheck
 #   varlenbench  python -m benchmarks.varlen ($VARLEN_FLAGS)
@@ -180,6 +181,47 @@ for stage in "$@"; do
       LOGDIR=$LOGS PARTS="${BWD_BENCH_PARTS:-bench racecheck}" bash tests/cuda/device_bwd.sh \
         2>&1 | grep -vE "^(PASS|d=.*passed)" | tee -a "$summary" | tail -70
       ;;
+    ringcfg)
+      # A/B of ring configurations, ring only, no check, one process each:
+      # RING_CFGS, ";"-separated "tag|env assignments|XLA_FLAGS|bench flags".
+      # json in $OUT/ab. RING_XLA_FLAGS=auto: later ring stages run with the
+      # fastest one's env and flags (sum of its ring times).
+      # Default: the library's settings against no step fence and against
+      # XLA's default collective overlap limit.
+      cfgs=${RING_CFGS:-"default|||;nofence|JAX_FA3_RING_FENCE=0||;lim1|||--nocollective_overlap"}
+      ab="--singles=false --check=false --causal ${RING_AB_CAUSAL:-true} --profile_dir /tmp/ring_cfg"
+      IFS=';' read -ra cfg_list <<<"$cfgs"
+      for cfg in "${cfg_list[@]}"; do
+        IFS='|' read -r tag envs flags bflags <<<"$cfg"
+        env $envs XLA_FLAGS="$flags" python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag "$tag" \
+          $ab $bflags >"$LOGS/ringcfg_$tag.log" 2>&1
+        stamp "ring A/B $tag (env '$envs', XLA_FLAGS '$flags', flags '$bflags'): rc=$?"
+        grep -E "^ring|profile " "$LOGS/ringcfg_$tag.log" | sed 's/.*\] //; s/ (\/tmp.*//' \
+          | cut -c1-220 | tee -a "$summary"
+      done
+      if [ "${RING_XLA_FLAGS:-}" = auto ]; then
+        best=$(python3 - "$OUT/ab" "$cfgs" <<'PY'
+import glob, json, sys
+best = None
+for cfg in sys.argv[2].split(";"):
+  tag = cfg.split("|")[0]
+  paths = glob.glob(f"{sys.argv[1]}/ring-{tag}-x*.json")
+  if not paths:
+    continue
+  recs = json.load(open(paths[0]))
+  ms = [r["ms"] for r in recs if r["impl"] == "ring"]
+  if ms and all(ms) and (best is None or sum(ms) < best[0]):
+    best = (sum(ms), cfg)
+print(best[1] if best else "|||")
+PY
+)
+        IFS='|' read -r tag envs RING_XLA_FLAGS bflags <<<"$best"
+        note "ring: auto -> $tag (env '$envs', XLA_FLAGS '$RING_XLA_FLAGS', flags '$bflags')"
+        [ -n "$envs" ] && export $envs
+        RING_FLAGS="${RING_FLAGS:-} $bflags"
+        export RING_XLA_FLAGS RING_FLAGS
+      fi
+      ;;
     ring)
       ngpu=$(nvidia-smi -L | wc -l)
       # RING_XLA_FLAGS: e.g. an HLO dump into $LOGS for the schedule.
@@ -189,7 +231,8 @@ for stage in "$@"; do
       grep -E "^(ring|single)|FAILED|rror" "$LOGS/ring.log" | cut -c1-200 | tee -a "$summary"
       grep -E "profile " "$LOGS/ring.log" | sed 's/.*\] //; s/ (\/tmp.*//' | tee -a "$summary"
       [ "${RING_EXTRA:-1}" = 1 ] || continue  # RING_EXTRA=0: main run only
-      python3 -m benchmarks.ring --out_dir "$LOGS/gqa" --tokens_per_device 8192 --kv_heads 4 \
+      XLA_FLAGS="${RING_XLA_FLAGS:-}" python3 -m benchmarks.ring --out_dir "$LOGS/gqa" \
+        --tokens_per_device 8192 --kv_heads 4 \
         --iters 3 >"$LOGS/ring_gqa.log" 2>&1
       stamp "ring GQA 16/4 x$ngpu 8k/device: rc=$? $(grep -c "^ring" "$LOGS/ring_gqa.log") ring points"
       grep -E "^ring|FAILED" "$LOGS/ring_gqa.log" | cut -c1-200 | tee -a "$summary"
@@ -209,9 +252,10 @@ for stage in "$@"; do
     ringprof)
       # One profiled ring case per process: in one process only the first
       # jax.profiler capture had compute kernels in it (trace_overlap.py).
-      for c in false true; do
+      for c in ${RINGPROF_CAUSAL:-false true}; do
         for m in fwd bwd; do
-          python3 -m benchmarks.ring --singles=false --check=false --causal "$c" --modes "$m" \
+          XLA_FLAGS="${RING_XLA_FLAGS:-}" python3 -m benchmarks.ring --singles=false \
+            --check=false --causal "$c" --modes "$m" \
             --profile_dir "/tmp/ring_prof_$c$m" --out_dir "$OUT/prof" --tag "prof-causal$c-$m" \
             ${RING_FLAGS:-} >"$LOGS/ringprof_$c$m.log" 2>&1
           stamp "ring profile causal=$c $m: rc=$?"
@@ -220,18 +264,25 @@ for stage in "$@"; do
         done
       done
       ;;
-    ringab)
-      ab="--singles=false --check=false --causal ${RING_AB_CAUSAL:-both} --profile_dir /tmp/ring_ab"
-      for m in ${RING_AB_MARGINS:-0 16}; do
-        python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag "margin$m" --sm_margin "$m" $ab \
-          >"$LOGS/ringab_m$m.log" 2>&1
-        stamp "ring A/B sm_margin=$m: rc=$?"
-        grep -E "^ring|profile " "$LOGS/ringab_m$m.log" | sed 's/(\/tmp.*//' | cut -c1-200 | tee -a "$summary"
+    ringtrace)
+      # Traces and the optimized HLO of single ring cases (RINGTRACE_CASES,
+      # "causal:mode" words), one process each, XLA command buffers off: the
+      # kernels XLA runs inside CUDA graphs do not show up in the profiler's
+      # trace. -> $OUT/ringtrace.tgz (perfetto traces, *after_optimizations.txt)
+      rt=/tmp/ringtrace
+      rm -rf "$rt"; mkdir -p "$rt"
+      for case in ${RINGTRACE_CASES:-true:fwd true:bwd false:fwd}; do
+        c=${case%%:*}; m=${case##*:}
+        XLA_FLAGS="${RING_XLA_FLAGS:-} --xla_gpu_enable_command_buffer= --xla_dump_to=$rt/hlo_$c$m --xla_dump_hlo_as_text" \
+          python3 -m benchmarks.ring --singles=false --check=false --causal "$c" --modes "$m" \
+          --iters 5 --profile_dir "$rt/prof_$c$m" --out_dir "$rt" --tag "trace-$c-$m" \
+          >"$LOGS/ringtrace_$c$m.log" 2>&1
+        stamp "ring trace causal=$c $m (command buffers off): rc=$?"
+        grep -E "^ring|profile " "$LOGS/ringtrace_$c$m.log" | sed 's/.*\] //; s/ (\/tmp.*//' \
+          | cut -c1-220 | tee -a "$summary"
       done
-      XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true --xla_gpu_enable_highest_priority_async_stream=true" \
-        python3 -m benchmarks.ring --out_dir "$OUT/ab" --tag lhs $ab >"$LOGS/ringab_lhs.log" 2>&1
-      stamp "ring A/B LHS+priority flags (default margin): rc=$?"
-      grep -E "^ring|profile " "$LOGS/ringab_lhs.log" | sed 's/(\/tmp.*//' | cut -c1-200 | tee -a "$summary"
+      (cd "$rt" && find . -name "perfetto_trace.json.gz" -o -name "*after_optimizations.txt" \
+         | tar czf "$OUT/ringtrace.tgz" -T -)
       ;;
     varlen)
       # The sweep's float64 references take 15-30 s per test: one process per

@@ -69,44 +69,65 @@ def test_ring_benchmark_smoke(tmp_path):
     assert singles[(tpd, rec["causal"], rec["mode"])]["tokens_per_s_per_device"] > 0
 
 
-def test_trace_overlap_on_a_synthetic_trace(tmp_path):
-  """NCCL time under other kernels, idle gaps and the attention share, from
-  a hand-made Perfetto trace with known answers (in microseconds)."""
+def _trace(tmp_path, procs, lanes, events):
+  """(trace_overlap module, path of a hand-made Perfetto trace): procs
+  {pid: name}, lanes {(pid, tid): name}, events (pid, tid, ts_us, dur_us,
+  name)."""
   import gzip  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, REPO)
   from benchmarks import trace_overlap  # pylint: disable=g-import-not-at-top
-  meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
-          {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}}]
-  meta += [{"ph": "M", "pid": 1, "tid": t, "name": "thread_name", "args": {"name": f"Stream #{t}"}}
-           for t in (7, 8)]
-  def ev(pid, tid, ts, dur, name):
-    return {"ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name}
-  events = meta + [ev(1, 7, 0, 10, "fwd_kernel<...>"), ev(1, 7, 12, 3, "loop_fusion"),
-                   ev(1, 8, 5, 10, "ncclDevKernel_SendRecv"), ev(1, 8, 20, 2, "ncclKernel"),
-                   ev(2, 1, 0, 99, "host work is ignored")]
+  meta = [{"ph": "M", "pid": p, "name": "process_name", "args": {"name": n}}
+          for p, n in procs.items()]
+  meta += [{"ph": "M", "pid": p, "tid": t, "name": "thread_name", "args": {"name": n}}
+           for (p, t), n in lanes.items()]
+  xs = [{"ph": "X", "pid": p, "tid": t, "ts": ts, "dur": dur, "name": n}
+        for p, t, ts, dur, n in events]
   path = tmp_path / "t.json.gz"
   with gzip.open(path, "wt") as fh:
-    json.dump({"traceEvents": events}, fh)
-  s = trace_overlap.overlap_stats(str(path))["/device:GPU:0"]
-  us = {k: round(v * 1e3, 6) for k, v in s.items() if k.endswith("_ms")}
-  assert us == {"comm_ms": 12, "exposed_ms": 4, "compute_ms": 13, "attn_ms": 10,
-                "other_ms": 3, "idle_ms": 5, "span_ms": 22}
+    json.dump({"traceEvents": meta + xs}, fh)
+  return trace_overlap, str(path)
+
+
+def _us(stats):
+  return {k: round(v * 1e3, 6) for k, v in stats.items() if k.endswith("_ms")}
+
+
+def test_trace_overlap_on_a_synthetic_trace(tmp_path):
+  """NCCL time under other kernels, idle gaps and the attention share, from
+  a hand-made Perfetto trace with known answers (in microseconds)."""
+  trace_overlap, path = _trace(
+      tmp_path, {1: "/device:GPU:0", 2: "/host:CPU"},
+      {(1, 7): "Stream #7", (1, 8): "Stream #8"},
+      [(1, 7, 0, 10, "fwd_kernel<...>"), (1, 7, 12, 3, "loop_fusion"),
+       (1, 8, 5, 10, "ncclDevKernel_SendRecv"), (1, 8, 20, 2, "ncclKernel"),
+       (2, 1, 0, 99, "host work is ignored")])
+  s = trace_overlap.overlap_stats(path)["/device:GPU:0"]
+  assert _us(s) == {"comm_ms": 12, "exposed_ms": 4, "compute_ms": 13, "attn_ms": 10,
+                    "other_ms": 3, "idle_ms": 5, "span_ms": 22}
   assert math.isclose(trace_overlap.summarize({"g": s})["overlap"], 8 / 12)
+
+
+def test_trace_overlap_on_mixed_lanes(tmp_path):
+  """Kernels on a lane that also holds memsets ("Stream #50(Compute,Memset)",
+  as XLA names it) count as compute; the memset events themselves do not;
+  the timeline lists every event of the GPU in start order."""
+  trace_overlap, path = _trace(
+      tmp_path, {1: "/device:GPU:0"},
+      {(1, 50): "Stream #50(Compute,Memset)", (1, 9): "Stream #9(Compute)"},
+      [(1, 50, 0, 2, "ncclDevKernel_SendRecv"), (1, 50, 2, 1, "Memset 3"),
+       (1, 50, 3, 10, "fwd_kernel<...>"), (1, 9, 4, 12, "ncclDevKernel_SendRecv")])
+  s = trace_overlap.overlap_stats(path)["/device:GPU:0"]
+  assert _us(s) == {"comm_ms": 14, "exposed_ms": 5, "compute_ms": 10, "attn_ms": 10,
+                    "other_ms": 0, "idle_ms": 1, "span_ms": 16}
+  assert [line.split()[-1] for line in trace_overlap.timeline(path)] == [
+      "ncclDevKernel_SendRecv", "3", "fwd_kernel<...>", "ncclDevKernel_SendRecv"]
 
 
 def test_trace_without_compute_kernels_gives_no_overlap(tmp_path):
   """NCCL kernels but no compute kernel in a trace: the overlap is unknown
   (NaN), not 0 (trace_overlap.summarize)."""
-  import gzip  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, REPO)
-  from benchmarks import trace_overlap  # pylint: disable=g-import-not-at-top
-  meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
-          {"ph": "M", "name": "thread_name", "pid": 1, "tid": 2, "args": {"name": "Stream #2"}}]
-  nccl = [{"ph": "X", "pid": 1, "tid": 2, "ts": 10.0 * i, "dur": 4.0,
-           "name": "ncclDevKernel_SendRecv"} for i in range(3)]
-  path = tmp_path / "trace.json.gz"
-  with gzip.open(path, "wt") as f:
-    json.dump({"traceEvents": meta + nccl}, f)
-  s = trace_overlap.overlap_stats(str(path))
-  total = trace_overlap.summarize(s)
+  trace_overlap, path = _trace(
+      tmp_path, {1: "/device:GPU:0"}, {(1, 2): "Stream #2"},
+      [(1, 2, 10.0 * i, 4.0, "ncclDevKernel_SendRecv") for i in range(3)])
+  total = trace_overlap.summarize(trace_overlap.overlap_stats(path))
   assert total["comm_ms"] > 0 and math.isnan(total["overlap"])

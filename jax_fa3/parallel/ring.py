@@ -56,8 +56,8 @@ from jax_fa3.parallel import zigzag
 _SEQ = -3  # sequence axis of q/k/v/out: (*batch, seqlen, heads, head_dim)
 
 
-def _step_fence(received, computed, backward=False):
-  """Ties the block received during a step to that step's results.
+def _step_fence(received, computed):
+  """Ties the data received during a step to that step's results.
 
   XLA's scheduler sees the attention custom calls as free, so without this
   it hoisted the whole chain of K/V collective-permutes to the front of the
@@ -66,15 +66,15 @@ def _step_fence(received, computed, backward=False):
   block, this step's accumulators) means the next block cannot be sent on
   before this step's compute is done, and no later compute starts before
   it arrived: each transfer's only overlap candidate is its step's compute.
+  In the backward the accumulators include the dK/dV that arrived during
+  the step (``bwd_exchange``).
 
-  4 H200s, 32k tokens per GPU, d128 (weak-scaling efficiency without/with):
-  forward 0.913/0.922 non-causal, 0.836/0.874 causal zigzag; fwd+bwd
-  0.924/0.913 and 0.880/0.861 with the fence in the backward too, so the
-  backward leaves it out (``backward=True``) unless JAX_FA3_RING_FENCE=2.
+  4 H200s, 32k tokens per GPU, d128, causal zigzag, with XLA's collective
+  overlap limit raised (``COLLECTIVE_OVERLAP_FLAG``): fwd+bwd 125.4 ms
+  without the backward's fence, 121.1 ms with it (ring_ab/s7).
   JAX_FA3_RING_FENCE=0 turns it off everywhere (A/B).
   """
-  mode = os.environ.get("JAX_FA3_RING_FENCE", "1")
-  if received is None or mode == "0" or (backward and mode != "2"):
+  if received is None or os.environ.get("JAX_FA3_RING_FENCE", "1") == "0":
     return received, computed
   return jax.lax.optimization_barrier((received, computed))
 
@@ -273,10 +273,48 @@ def _select(masks, table, axis_name, branches, *operands):
 # (benchmarks.ring --profile_dir measures the overlap).
 RING_SM_MARGIN = 8
 
-
 def with_ring_margin(cfg: primitives.AttnConfig) -> primitives.AttnConfig:
   """cfg with RING_SM_MARGIN unless the caller chose a margin."""
   return cfg if cfg.sm_margin else dataclasses.replace(cfg, sm_margin=RING_SM_MARGIN)
+
+
+def send_home(dkv, n: int, axis_name, dtypes):
+  """The last hop of the float32 dK/dV accumulator, complete after the last
+  step: cast to the output dtypes first, which rounds it exactly as the cast
+  at home would, and halves the bytes of the one transfer no compute can
+  hide."""
+  return send_next(tuple(x.astype(t) for x, t in zip(dkv, dtypes)), n, axis_name)
+
+
+def bwd_exchange(kv, acc, s: int, n: int, axis_name):
+  """The backward's one transfer at the start of step s: the block for step
+  s + 1 and the float32 dK/dV accumulator of the block this device held at
+  step s - 1 (it follows its block: the next device holds that block now).
+  Returns (next block or None, incoming accumulator or None); the incoming
+  one is added after this step's compute, so the transfer overlaps it."""
+  send = (tuple(kv) if s < n - 1 else ()) + (tuple(acc) if s > 0 else ())
+  if not send:
+    return None, None
+  recv = send_next(send, n, axis_name)
+  return (recv[:2] if s < n - 1 else None), (recv[-2:] if s > 0 else None)
+
+
+def send_next(xs: tuple, n: int, axis_name) -> tuple:
+  """Sends the arrays xs to the next device on the ring (one ppermute).
+
+  XLA lowers it to one collective-permute per array and by default keeps
+  only one collective in flight (xla_gpu_experimental_parallel_collective_
+  overlap_limit = 1): the scheduler made the others synchronous on the
+  compute stream, which exposed the V transfer of every forward step on 4
+  H200s. Raise that limit (``COLLECTIVE_OVERLAP_FLAG``) and every transfer
+  overlaps its step (benchmarks/results/ring_ab/s7). Sending the arrays as
+  one packed buffer instead needed copies and measured slower."""
+  return tuple(jax.lax.ppermute(tuple(xs), axis_name, _ring_perm(n)))
+
+
+# XLA_FLAGS entry the ring needs to overlap all of a step's transfers (set
+# before jax initialises its backend; benchmarks.ring sets it).
+COLLECTIVE_OVERLAP_FLAG = "--xla_gpu_experimental_parallel_collective_overlap_limit=4"
 
 
 def _device_flag(on, axis_name):
@@ -343,7 +381,7 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
   for s in range(n):
     # Issue the transfer of the next block before this block's compute: no
     # data dependency between them, so XLA can overlap the two.
-    kv_next = jax.lax.ppermute(kv, axis_name, _ring_perm(n)) if s < n - 1 else None
+    kv_next = send_next(kv, n, axis_name) if s < n - 1 else None
     ks, vs = (_pieces(x, plan.pieces, _SEQ) for x in kv)
     for (a, b), (masks, table) in plan.steps[s].items():
       acc_out[a], acc_lse[a] = _select(
@@ -400,7 +438,7 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
   dkv = None
   kv = (k, v)
   for s in range(n):
-    kv_next = jax.lax.ppermute(kv, axis_name, _ring_perm(n)) if s < n - 1 else None
+    kv_next, dkv_in = bwd_exchange(kv, dkv, s, n, axis_name)
     ks, vs = (_pieces(x, p, _SEQ) for x in kv)
     dk_step = [_zeros_like(x, q, out, lse, dout) for x in ks]
     dv_step = [_zeros_like(x, q, out, lse, dout) for x in vs]
@@ -426,14 +464,11 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
           acc[i1] = acc[i1] + _pick(f, g, zero)
           acc[i2] = acc[i2] + _pick(f, zero, g)
     step = (jnp.concatenate(dk_step, axis=_SEQ), jnp.concatenate(dv_step, axis=_SEQ))
-    # The incoming accumulator (sent last step) is only added after this
-    # step's compute, so its transfer can overlap that compute.
-    dkv = step if dkv is None else jax.tree.map(jnp.add, dkv, step)
-    kv, (dq, dkv) = _step_fence(kv_next, (dq, dkv), backward=True)
-    # Send the accumulator on with its block; after n hops it is home.
-    dkv = jax.lax.ppermute(dkv, axis_name, _ring_perm(n))
-  return (jnp.concatenate(dq, axis=_SEQ).astype(q.dtype),
-          dkv[0].astype(k.dtype), dkv[1].astype(v.dtype))
+    dkv = step if dkv_in is None else jax.tree.map(jnp.add, dkv_in, step)
+    kv, (dq, dkv) = _step_fence(kv_next, (dq, dkv))
+  # n - 1 hops went with the block; the n-th takes the accumulator home.
+  dkv = send_home(dkv, n, axis_name, (k.dtype, v.dtype))
+  return jnp.concatenate(dq, axis=_SEQ).astype(q.dtype), dkv[0], dkv[1]
 
 
 # ------------------------------------------------------------ custom_vjp ----

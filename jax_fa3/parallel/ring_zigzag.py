@@ -107,7 +107,7 @@ def fwd(q, k, v, cfg, axis_name, n):
   acc_out = acc_lse = None
   for s in range(n):
     # The next block's transfer is issued before this block's compute.
-    kv_next = jax.lax.ppermute(kv, axis_name, ring._ring_perm(n)) if s < n - 1 else None
+    kv_next = ring.send_next(kv, n, axis_name) if s < n - 1 else None
     if s == 0:
       out, lse = primitives.fwd_call(q, k, v, cfg)
       out, lse = (ring._vary_like(x, q, k, v) for x in (out, lse))
@@ -125,14 +125,15 @@ def fwd(q, k, v, cfg, axis_name, n):
 
 def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
   """(dq, dk, dv) of the causal zigzag ring, given the GLOBAL out and lse;
-  dK/dV travel with their block as in ``ring.ring_bwd``."""
+  dK/dV travel with their block as in ``ring.ring_bwd`` (one transfer per
+  step, ``ring.bwd_exchange``)."""
   batch, s_loc = math.prod(q.shape[:-3]), q.shape[_SEQ]
   dout = dout.astype(q.dtype)
   qp, op, dop, lp = _pack(q), _pack(out), _pack(dout), _lse_pack(lse)
   kv = (k, v)
   dq = dkv = None
   for s in range(n):
-    kv_next = jax.lax.ppermute(kv, axis_name, ring._ring_perm(n)) if s < n - 1 else None
+    kv_next, dkv_in = ring.bwd_exchange(kv, dkv, s, n, axis_name)
     if s == 0:
       g = primitives.bwd_call(q, k, v, out, lse, dout, cfg)
     else:
@@ -143,9 +144,7 @@ def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
     g_q, g_k, g_v = (ring._vary_like(x, q, k, v, out, lse, dout).astype(jnp.float32)
                      for x in g)
     dq = g_q if dq is None else dq + g_q
-    # The incoming accumulator (sent last step) is only added after this
-    # step's compute, so its transfer can overlap that compute.
-    dkv = (g_k, g_v) if dkv is None else (dkv[0] + g_k, dkv[1] + g_v)
-    kv, (dq, dkv) = ring._step_fence(kv_next, (dq, dkv), backward=True)
-    dkv = jax.lax.ppermute(dkv, axis_name, ring._ring_perm(n))  # home after n hops
-  return dq.astype(q.dtype), dkv[0].astype(k.dtype), dkv[1].astype(v.dtype)
+    dkv = (g_k, g_v) if dkv_in is None else (dkv_in[0] + g_k, dkv_in[1] + g_v)
+    kv, (dq, dkv) = ring._step_fence(kv_next, (dq, dkv))
+  dkv = ring.send_home(dkv, n, axis_name, (k.dtype, v.dtype))  # the n-th hop
+  return dq.astype(q.dtype), dkv[0], dkv[1]
