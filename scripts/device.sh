@@ -185,7 +185,7 @@ for stage in "$@"; do
       # A/B of ring configurations, ring only, no check, one process each:
       # RING_CFGS, ";"-separated "tag|env assignments|XLA_FLAGS|bench flags".
       # json in $OUT/ab. RING_XLA_FLAGS=auto: later ring stages run with the
-      # fastest one's env and flags (sum of its ring times).
+      # fastest one's env and XLA_FLAGS (sum of its ring times).
       # Default: the library's settings against no step fence and against
       # XLA's default collective overlap limit.
       cfgs=${RING_CFGS:-"default|||;nofence|JAX_FA3_RING_FENCE=0||;lim1|||--nocollective_overlap"}
@@ -215,11 +215,11 @@ for cfg in sys.argv[2].split(";"):
 print(best[1] if best else "|||")
 PY
 )
-        IFS='|' read -r tag envs RING_XLA_FLAGS bflags <<<"$best"
-        note "ring: auto -> $tag (env '$envs', XLA_FLAGS '$RING_XLA_FLAGS', flags '$bflags')"
+        # The benchmark flags of the A/B (e.g. --modes) stay behind.
+        IFS='|' read -r tag envs RING_XLA_FLAGS _ <<<"$best"
+        note "ring: auto -> $tag (env '$envs', XLA_FLAGS '$RING_XLA_FLAGS')"
         [ -n "$envs" ] && export $envs
-        RING_FLAGS="${RING_FLAGS:-} $bflags"
-        export RING_XLA_FLAGS RING_FLAGS
+        export RING_XLA_FLAGS
       fi
       ;;
     ring)

@@ -278,25 +278,50 @@ def with_ring_margin(cfg: primitives.AttnConfig) -> primitives.AttnConfig:
   return cfg if cfg.sm_margin else dataclasses.replace(cfg, sm_margin=RING_SM_MARGIN)
 
 
-def send_home(dkv, n: int, axis_name, dtypes):
-  """The last hop of the float32 dK/dV accumulator, complete after the last
-  step: cast to the output dtypes first, which rounds it exactly as the cast
-  at home would, and halves the bytes of the one transfer no compute can
-  hide."""
-  return send_next(tuple(x.astype(t) for x, t in zip(dkv, dtypes)), n, axis_name)
+def bwd_order(n: int) -> list[int]:
+  """The backward's step order: the visiting blocks first (s = 1 .. n-1),
+  the device's own block (s = 0) last. Each dK/dV accumulator then comes
+  home with the exchange of the last step and is added after its compute;
+  with the own block first, its hop home came after the last kernel, with
+  nothing left to hide it (1.8 ms of a 121.7 ms fwd+bwd on 4 H200s,
+  benchmarks/results/ring_ab/s7). JAX_FA3_RING_BWD_OWN_FIRST=1: the old
+  order (A/B)."""
+  if os.environ.get("JAX_FA3_RING_BWD_OWN_FIRST", "0") == "1":
+    return list(range(n))
+  return list(range(1, n)) + [0]
 
 
-def bwd_exchange(kv, acc, s: int, n: int, axis_name):
-  """The backward's one transfer at the start of step s: the block for step
-  s + 1 and the float32 dK/dV accumulator of the block this device held at
-  step s - 1 (it follows its block: the next device holds that block now).
-  Returns (next block or None, incoming accumulator or None); the incoming
-  one is added after this step's compute, so the transfer overlaps it."""
-  send = (tuple(kv) if s < n - 1 else ()) + (tuple(acc) if s > 0 else ())
+def bwd_schedule(k, v, n: int, axis_name):
+  """(block of the first step, [(s, send_kv, own_next)] in ``bwd_order``):
+  send_kv says whether the step's exchange sends its block on (the next
+  step's block arrives with it), own_next whether the next step is the own
+  block (local). The first visiting block is one hop of the own block."""
+  order = bwd_order(n)
+  first = (k, v) if order[0] == 0 else send_next((k, v), n, axis_name)
+  nexts = order[1:] + [None]
+  return first, [(s, nxt not in (None, 0), nxt == 0) for s, nxt in zip(order, nexts)]
+
+
+def bwd_exchange(kv, acc, send_kv: bool, n: int, axis_name):
+  """The backward's one transfer at the start of a step: the block for the
+  next step (if send_kv) and the float32 dK/dV accumulator of the block this
+  device held at the previous step (acc, None at the first step; it follows
+  its block: the next device holds that block now). Returns (next block or
+  None, incoming accumulator or None); the incoming one is added after this
+  step's compute, so the transfer overlaps it."""
+  send = (tuple(kv) if send_kv else ()) + (tuple(acc) if acc is not None else ())
   if not send:
     return None, None
   recv = send_next(send, n, axis_name)
-  return (recv[:2] if s < n - 1 else None), (recv[-2:] if s > 0 else None)
+  return (recv[:2] if send_kv else None), (recv[-2:] if acc is not None else None)
+
+
+def finish_dkv(dkv, n: int, axis_name, dtypes):
+  """dK/dV of the own block in the output dtypes. In the own-block-first
+  order the accumulator still makes its n-th hop home, cast first (the
+  rounding the cast at home would do; half the bytes)."""
+  dkv = tuple(x.astype(t) for x, t in zip(dkv, dtypes))
+  return dkv if bwd_order(n)[-1] == 0 else send_next(dkv, n, axis_name)
 
 
 def send_next(xs: tuple, n: int, axis_name) -> tuple:
@@ -436,9 +461,9 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
   # dK/dV of the block currently held; float32 so the n partial sums do not
   # round to the input dtype at every hop (costs 2x the bytes of k/v).
   dkv = None
-  kv = (k, v)
-  for s in range(n):
-    kv_next, dkv_in = bwd_exchange(kv, dkv, s, n, axis_name)
+  kv, schedule = bwd_schedule(k, v, n, axis_name)
+  for s, send_kv, own_next in schedule:
+    kv_next, dkv_in = bwd_exchange(kv, dkv, send_kv, n, axis_name)
     ks, vs = (_pieces(x, p, _SEQ) for x in kv)
     dk_step = [_zeros_like(x, q, out, lse, dout) for x in ks]
     dv_step = [_zeros_like(x, q, out, lse, dout) for x in vs]
@@ -465,9 +490,8 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
           acc[i2] = acc[i2] + _pick(f, zero, g)
     step = (jnp.concatenate(dk_step, axis=_SEQ), jnp.concatenate(dv_step, axis=_SEQ))
     dkv = step if dkv_in is None else jax.tree.map(jnp.add, dkv_in, step)
-    kv, (dq, dkv) = _step_fence(kv_next, (dq, dkv))
-  # n - 1 hops went with the block; the n-th takes the accumulator home.
-  dkv = send_home(dkv, n, axis_name, (k.dtype, v.dtype))
+    kv, (dq, dkv) = _step_fence((k, v) if own_next else kv_next, (dq, dkv))
+  dkv = finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
   return jnp.concatenate(dq, axis=_SEQ).astype(q.dtype), dkv[0], dkv[1]
 
 

@@ -126,14 +126,14 @@ def fwd(q, k, v, cfg, axis_name, n):
 def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
   """(dq, dk, dv) of the causal zigzag ring, given the GLOBAL out and lse;
   dK/dV travel with their block as in ``ring.ring_bwd`` (one transfer per
-  step, ``ring.bwd_exchange``)."""
+  step, ``ring.bwd_exchange``, in ``ring.bwd_order``)."""
   batch, s_loc = math.prod(q.shape[:-3]), q.shape[_SEQ]
   dout = dout.astype(q.dtype)
   qp, op, dop, lp = _pack(q), _pack(out), _pack(dout), _lse_pack(lse)
-  kv = (k, v)
   dq = dkv = None
-  for s in range(n):
-    kv_next, dkv_in = ring.bwd_exchange(kv, dkv, s, n, axis_name)
+  kv, schedule = ring.bwd_schedule(k, v, n, axis_name)
+  for s, send_kv, own_next in schedule:
+    kv_next, dkv_in = ring.bwd_exchange(kv, dkv, send_kv, n, axis_name)
     if s == 0:
       g = primitives.bwd_call(q, k, v, out, lse, dout, cfg)
     else:
@@ -145,6 +145,6 @@ def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
                      for x in g)
     dq = g_q if dq is None else dq + g_q
     dkv = (g_k, g_v) if dkv_in is None else (dkv_in[0] + g_k, dkv_in[1] + g_v)
-    kv, (dq, dkv) = ring._step_fence(kv_next, (dq, dkv))
-  dkv = ring.send_home(dkv, n, axis_name, (k.dtype, v.dtype))  # the n-th hop
+    kv, (dq, dkv) = ring._step_fence((k, v) if own_next else kv_next, (dq, dkv))
+  dkv = ring.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
   return dq.astype(q.dtype), dkv[0], dkv[1]
