@@ -140,7 +140,7 @@ _SM_MARGIN = flags.DEFINE_integer(
     "sm_margin", -1, "sm_margin of ring_attention's forward kernels; -1 = the "
     "library default (jax_fa3.parallel.ring.RING_SM_MARGIN).")
 _COLLECTIVE_OVERLAP = flags.DEFINE_bool(
-    "collective_overlap", True, "Append jax_fa3.parallel.ring.COLLECTIVE_OVERLAP_FLAG to "
+    "collective_overlap", True, "Append jax_fa3.parallel.ring_comm.COLLECTIVE_OVERLAP_FLAG to "
     "XLA_FLAGS (unless it sets the overlap limit already), so that all of a ring step's "
     "transfers run beside its compute.")
 _SINGLES = flags.DEFINE_bool(
@@ -191,11 +191,11 @@ def _shard_map():
 
 def _set_xla_flags() -> None:
   """--collective_overlap: the XLA flag the ring needs, before jax starts."""
-  from jax_fa3.parallel import ring  # pylint: disable=g-import-not-at-top
+  from jax_fa3.parallel import ring_comm  # pylint: disable=g-import-not-at-top
   current = os.environ.get("XLA_FLAGS", "")
-  name = ring.COLLECTIVE_OVERLAP_FLAG.split("=")[0]
+  name = ring_comm.COLLECTIVE_OVERLAP_FLAG.split("=")[0]
   if _COLLECTIVE_OVERLAP.value and name not in current:
-    os.environ["XLA_FLAGS"] = f"{current} {ring.COLLECTIVE_OVERLAP_FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{current} {ring_comm.COLLECTIVE_OVERLAP_FLAG}".strip()
 
 
 def _init_distributed() -> None:

@@ -37,46 +37,27 @@ Backward. FlashAttention's backward is exact per block when given the
 GLOBAL (merged) lse and out (P = exp(s - lse), D = rowsum(dO * O)), so each
 step calls ``primitives.bwd_call`` on (local q, visiting k/v) with the global
 out/lse; dQ accumulates locally, dK/dV accumulate in float32 buffers that
-travel with their K/V block and arrive back home after n hops.
+travel with their K/V block.
+
+Transfers, their order and the fence that makes each overlap its step's
+compute: ``ring_comm``. Set ``ring_comm.COLLECTIVE_OVERLAP_FLAG`` in
+XLA_FLAGS, or the transfers of a step do not all overlap it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 
 from jax_fa3 import _validate
 from jax_fa3 import primitives
+from jax_fa3.parallel import ring_comm
 from jax_fa3.parallel import zigzag
 
 _SEQ = -3  # sequence axis of q/k/v/out: (*batch, seqlen, heads, head_dim)
-
-
-def _step_fence(received, computed):
-  """Ties the data received during a step to that step's results.
-
-  XLA's scheduler sees the attention custom calls as free, so without this
-  it hoisted the whole chain of K/V collective-permutes to the front of the
-  program and made them synchronous (HLO of benchmarks.ring on 4 H200s):
-  no transfer overlapped a kernel. An optimization barrier over (next
-  block, this step's accumulators) means the next block cannot be sent on
-  before this step's compute is done, and no later compute starts before
-  it arrived: each transfer's only overlap candidate is its step's compute.
-  In the backward the accumulators include the dK/dV that arrived during
-  the step (``bwd_exchange``).
-
-  4 H200s, 32k tokens per GPU, d128, causal zigzag, with XLA's collective
-  overlap limit raised (``COLLECTIVE_OVERLAP_FLAG``): fwd+bwd 125.4 ms
-  without the backward's fence, 121.1 ms with it (ring_ab/s7).
-  JAX_FA3_RING_FENCE=0 turns it off everywhere (A/B).
-  """
-  if received is None or os.environ.get("JAX_FA3_RING_FENCE", "1") == "0":
-    return received, computed
-  return jax.lax.optimization_barrier((received, computed))
 
 
 # ----------------------------------------------------------------- masks ----
@@ -273,73 +254,10 @@ def _select(masks, table, axis_name, branches, *operands):
 # (benchmarks.ring --profile_dir measures the overlap).
 RING_SM_MARGIN = 8
 
+
 def with_ring_margin(cfg: primitives.AttnConfig) -> primitives.AttnConfig:
   """cfg with RING_SM_MARGIN unless the caller chose a margin."""
   return cfg if cfg.sm_margin else dataclasses.replace(cfg, sm_margin=RING_SM_MARGIN)
-
-
-def bwd_order(n: int) -> list[int]:
-  """The backward's step order: the visiting blocks first (s = 1 .. n-1),
-  the device's own block (s = 0) last. Each dK/dV accumulator then comes
-  home with the exchange of the last step and is added after its compute;
-  with the own block first, its hop home came after the last kernel, with
-  nothing left to hide it (1.8 ms of a 121.7 ms fwd+bwd on 4 H200s,
-  benchmarks/results/ring_ab/s7). JAX_FA3_RING_BWD_OWN_FIRST=1: the old
-  order (A/B)."""
-  if os.environ.get("JAX_FA3_RING_BWD_OWN_FIRST", "0") == "1":
-    return list(range(n))
-  return list(range(1, n)) + [0]
-
-
-def bwd_schedule(k, v, n: int, axis_name):
-  """(block of the first step, [(s, send_kv, own_next)] in ``bwd_order``):
-  send_kv says whether the step's exchange sends its block on (the next
-  step's block arrives with it), own_next whether the next step is the own
-  block (local). The first visiting block is one hop of the own block."""
-  order = bwd_order(n)
-  first = (k, v) if order[0] == 0 else send_next((k, v), n, axis_name)
-  nexts = order[1:] + [None]
-  return first, [(s, nxt not in (None, 0), nxt == 0) for s, nxt in zip(order, nexts)]
-
-
-def bwd_exchange(kv, acc, send_kv: bool, n: int, axis_name):
-  """The backward's one transfer at the start of a step: the block for the
-  next step (if send_kv) and the float32 dK/dV accumulator of the block this
-  device held at the previous step (acc, None at the first step; it follows
-  its block: the next device holds that block now). Returns (next block or
-  None, incoming accumulator or None); the incoming one is added after this
-  step's compute, so the transfer overlaps it."""
-  send = (tuple(kv) if send_kv else ()) + (tuple(acc) if acc is not None else ())
-  if not send:
-    return None, None
-  recv = send_next(send, n, axis_name)
-  return (recv[:2] if send_kv else None), (recv[-2:] if acc is not None else None)
-
-
-def finish_dkv(dkv, n: int, axis_name, dtypes):
-  """dK/dV of the own block in the output dtypes. In the own-block-first
-  order the accumulator still makes its n-th hop home, cast first (the
-  rounding the cast at home would do; half the bytes)."""
-  dkv = tuple(x.astype(t) for x, t in zip(dkv, dtypes))
-  return dkv if bwd_order(n)[-1] == 0 else send_next(dkv, n, axis_name)
-
-
-def send_next(xs: tuple, n: int, axis_name) -> tuple:
-  """Sends the arrays xs to the next device on the ring (one ppermute).
-
-  XLA lowers it to one collective-permute per array and by default keeps
-  only one collective in flight (xla_gpu_experimental_parallel_collective_
-  overlap_limit = 1): the scheduler made the others synchronous on the
-  compute stream, which exposed the V transfer of every forward step on 4
-  H200s. Raise that limit (``COLLECTIVE_OVERLAP_FLAG``) and every transfer
-  overlaps its step (benchmarks/results/ring_ab/s7). Sending the arrays as
-  one packed buffer instead needed copies and measured slower."""
-  return tuple(jax.lax.ppermute(tuple(xs), axis_name, _ring_perm(n)))
-
-
-# XLA_FLAGS entry the ring needs to overlap all of a step's transfers (set
-# before jax initialises its backend; benchmarks.ring sets it).
-COLLECTIVE_OVERLAP_FLAG = "--xla_gpu_experimental_parallel_collective_overlap_limit=4"
 
 
 def _device_flag(on, axis_name):
@@ -350,11 +268,6 @@ def _device_flag(on, axis_name):
 def _pick(flag, x1, x2):
   """x1 where flag else x2 (flag a traced scalar); x1 itself if x1 is x2."""
   return x1 if x1 is x2 else jnp.where(flag, x1, x2)
-
-
-def _ring_perm(n):
-  # Block held by device i moves to i + 1: at step s device i holds (i - s).
-  return [(j, (j + 1) % n) for j in range(n)]
 
 
 # --------------------------------------------------------------- forward ----
@@ -406,7 +319,7 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
   for s in range(n):
     # Issue the transfer of the next block before this block's compute: no
     # data dependency between them, so XLA can overlap the two.
-    kv_next = send_next(kv, n, axis_name) if s < n - 1 else None
+    kv_next = ring_comm.send_next(kv, n, axis_name) if s < n - 1 else None
     ks, vs = (_pieces(x, plan.pieces, _SEQ) for x in kv)
     for (a, b), (masks, table) in plan.steps[s].items():
       acc_out[a], acc_lse[a] = _select(
@@ -422,7 +335,7 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
       else:
         acc_out[a1], acc_out[a2] = _pick(f, o, acc_out[a1]), _pick(f, acc_out[a2], o)
         acc_lse[a1], acc_lse[a2] = _pick(f, l, acc_lse[a1]), _pick(f, acc_lse[a2], l)
-    kv, (acc_out, acc_lse) = _step_fence(kv_next, (acc_out, acc_lse))
+    kv, (acc_out, acc_lse) = ring_comm.step_fence(kv_next, (acc_out, acc_lse))
   out = jnp.concatenate(acc_out, axis=_SEQ).astype(q.dtype)
   return out, jnp.concatenate(acc_lse, axis=-1)
 
@@ -461,9 +374,9 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
   # dK/dV of the block currently held; float32 so the n partial sums do not
   # round to the input dtype at every hop (costs 2x the bytes of k/v).
   dkv = None
-  kv, schedule = bwd_schedule(k, v, n, axis_name)
+  kv, schedule = ring_comm.bwd_schedule(k, v, n, axis_name)
   for s, send_kv, own_next in schedule:
-    kv_next, dkv_in = bwd_exchange(kv, dkv, send_kv, n, axis_name)
+    kv_next, dkv_in = ring_comm.bwd_exchange(kv, dkv, send_kv, n, axis_name)
     ks, vs = (_pieces(x, p, _SEQ) for x in kv)
     dk_step = [_zeros_like(x, q, out, lse, dout) for x in ks]
     dv_step = [_zeros_like(x, q, out, lse, dout) for x in vs]
@@ -490,8 +403,8 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
           acc[i2] = acc[i2] + _pick(f, zero, g)
     step = (jnp.concatenate(dk_step, axis=_SEQ), jnp.concatenate(dv_step, axis=_SEQ))
     dkv = step if dkv_in is None else jax.tree.map(jnp.add, dkv_in, step)
-    kv, (dq, dkv) = _step_fence((k, v) if own_next else kv_next, (dq, dkv))
-  dkv = finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
+    kv, (dq, dkv) = ring_comm.step_fence((k, v) if own_next else kv_next, (dq, dkv))
+  dkv = ring_comm.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
   return jnp.concatenate(dq, axis=_SEQ).astype(q.dtype), dkv[0], dkv[1]
 
 

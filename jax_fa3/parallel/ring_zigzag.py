@@ -41,6 +41,7 @@ import jax.numpy as jnp
 
 from jax_fa3 import primitives
 from jax_fa3.parallel import ring
+from jax_fa3.parallel import ring_comm
 
 _SEQ = -3
 
@@ -107,7 +108,7 @@ def fwd(q, k, v, cfg, axis_name, n):
   acc_out = acc_lse = None
   for s in range(n):
     # The next block's transfer is issued before this block's compute.
-    kv_next = ring.send_next(kv, n, axis_name) if s < n - 1 else None
+    kv_next = ring_comm.send_next(kv, n, axis_name) if s < n - 1 else None
     if s == 0:
       out, lse = primitives.fwd_call(q, k, v, cfg)
       out, lse = (ring._vary_like(x, q, k, v) for x in (out, lse))
@@ -119,21 +120,21 @@ def fwd(q, k, v, cfg, axis_name, n):
       out, lse = (ring._vary_like(x, q, k, v, acc_out) for x in (out, lse))
       acc_out, acc_lse = ring._merge(acc_out, acc_lse, out.reshape(q.shape),
                                      _lse_unpack(lse, acc_lse))
-    kv, (acc_out, acc_lse) = ring._step_fence(kv_next, (acc_out, acc_lse))
+    kv, (acc_out, acc_lse) = ring_comm.step_fence(kv_next, (acc_out, acc_lse))
   return acc_out.astype(q.dtype), acc_lse
 
 
 def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
   """(dq, dk, dv) of the causal zigzag ring, given the GLOBAL out and lse;
   dK/dV travel with their block as in ``ring.ring_bwd`` (one transfer per
-  step, ``ring.bwd_exchange``, in ``ring.bwd_order``)."""
+  step, ``ring_comm.bwd_exchange``, in ``ring_comm.bwd_order``)."""
   batch, s_loc = math.prod(q.shape[:-3]), q.shape[_SEQ]
   dout = dout.astype(q.dtype)
   qp, op, dop, lp = _pack(q), _pack(out), _pack(dout), _lse_pack(lse)
   dq = dkv = None
-  kv, schedule = ring.bwd_schedule(k, v, n, axis_name)
+  kv, schedule = ring_comm.bwd_schedule(k, v, n, axis_name)
   for s, send_kv, own_next in schedule:
-    kv_next, dkv_in = ring.bwd_exchange(kv, dkv, send_kv, n, axis_name)
+    kv_next, dkv_in = ring_comm.bwd_exchange(kv, dkv, send_kv, n, axis_name)
     if s == 0:
       g = primitives.bwd_call(q, k, v, out, lse, dout, cfg)
     else:
@@ -145,6 +146,6 @@ def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
                      for x in g)
     dq = g_q if dq is None else dq + g_q
     dkv = (g_k, g_v) if dkv_in is None else (dkv_in[0] + g_k, dkv_in[1] + g_v)
-    kv, (dq, dkv) = ring._step_fence((k, v) if own_next else kv_next, (dq, dkv))
-  dkv = ring.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
+    kv, (dq, dkv) = ring_comm.step_fence((k, v) if own_next else kv_next, (dq, dkv))
+  dkv = ring_comm.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
   return dq.astype(q.dtype), dkv[0], dkv[1]
