@@ -247,6 +247,33 @@ def test_zigzag_causal_ring_is_one_call_per_step(rng, monkeypatch):
   assert calls(general)[0] > 4 and calls(general)[1] > 4
 
 
+@child_only
+@pytest.mark.parametrize("own_first", [False, True])
+def test_ring_transfer_count(rng, monkeypatch, own_first):
+  """Arrays sent in a 4-device zigzag fwd+bwd (one collective-permute each
+  in the lowered program): the forward sends K, V before steps 1-3 (6); the
+  backward with the own block last (ring_comm.bwd_order) fetches its first
+  block (2) and per step sends K, V unless the own block is next and the
+  dK/dV accumulator after the first step: 2 + 4 + 2 + 2 (12). Own block
+  first: K, V before steps 1-3, dK/dV after steps 0-2 and home (14)."""
+  if own_first:
+    monkeypatch.setenv("JAX_FA3_RING_BWD_OWN_FIRST", "1")
+  text = _ring_fwd_bwd_lowered(rng, "zigzag").as_text()
+  assert len(re.findall(r"collective_permute", text)) == (20 if own_first else 18)
+
+
+def test_bwd_order_and_overlap_flag():
+  """The own block is the backward's last step; the overlap-flag warning is
+  for GPU runs whose XLA_FLAGS do not set the limit at all."""
+  from jax_fa3.parallel import ring_comm  # pylint: disable=g-import-not-at-top
+  assert ring_comm.bwd_order(4) == [1, 2, 3, 0] and ring_comm.bwd_order(1) == [0]
+  flag = ring_comm.COLLECTIVE_OVERLAP_FLAG
+  assert ring_comm.overlap_flag_missing("gpu", "--xla_dump_to=/tmp/x")
+  assert not ring_comm.overlap_flag_missing("gpu", f"--xla_dump_to=/tmp/x {flag}")
+  assert not ring_comm.overlap_flag_missing("gpu", flag.split("=")[0] + "=2")
+  assert not ring_comm.overlap_flag_missing("cpu", "")
+
+
 @pytest.mark.parametrize("before", [True, False])
 def test_zigzag_offsets_select_the_visible_rectangle(before):
   """Per batch entry: j < i -> (q all, k chunk 0) + (no q, k chunk 1);

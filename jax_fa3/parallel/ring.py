@@ -307,6 +307,8 @@ def ring_fwd(q, k, v, cfg: primitives.AttnConfig, axis_name, layout="contiguous"
   """(out, lse) of exact attention over the ring; no custom_vjp (see
   ``ring_attention``). lse: float32 (*batch, heads, local seqlen_q)."""
   n = axis_size(axis_name)
+  if n > 1:
+    ring_comm.warn_if_overlap_flag_missing()
   from jax_fa3.parallel import ring_zigzag  # pylint: disable=g-import-not-at-top (cycle)
   if n > 1 and ring_zigzag.applies(cfg, layout, q.shape[_SEQ], k.shape[_SEQ]):
     return ring_zigzag.fwd(q, k, v, cfg, axis_name, n)

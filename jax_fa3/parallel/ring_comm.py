@@ -11,12 +11,31 @@ that keeps XLA from hoisting the transfers out of their steps. Measured on
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 
 # XLA_FLAGS entry the ring needs to overlap all of a step's transfers (set
 # before jax initialises its backend; benchmarks.ring sets it).
 COLLECTIVE_OVERLAP_FLAG = "--xla_gpu_experimental_parallel_collective_overlap_limit=4"
+
+
+def overlap_flag_missing(platform: str, xla_flags: str) -> bool:
+  """Whether a ring on `platform` runs without COLLECTIVE_OVERLAP_FLAG's
+  setting in `xla_flags` (any value counts: the user chose one)."""
+  return platform == "gpu" and COLLECTIVE_OVERLAP_FLAG.split("=")[0] not in xla_flags
+
+
+def warn_if_overlap_flag_missing() -> None:
+  """A warning (once per call site) when the ring is traced for a GPU while
+  XLA_FLAGS lacks the collective overlap limit: it still computes the same
+  result, but part of every step's transfer runs exposed."""
+  if overlap_flag_missing(jax.default_backend(), os.environ.get("XLA_FLAGS", "")):
+    warnings.warn(
+        f"jax_fa3 ring attention: XLA_FLAGS has no {COLLECTIVE_OVERLAP_FLAG.split('=')[0]}; "
+        "XLA then runs one of each step's K/V transfers synchronously. Set XLA_FLAGS="
+        f"{COLLECTIVE_OVERLAP_FLAG} before jax starts to overlap them with compute.",
+        stacklevel=3)
 
 
 def ring_perm(n):
