@@ -344,8 +344,7 @@ def _profile(fn, args, name, calls=3) -> dict[str, Any]:
   per = calls * total["n_gpus"]
   if math.isnan(total["overlap"]):
     logging.warning("profile %s: the trace has NCCL but no compute kernels; overlap unknown "
-                    "(a profiler artefact seen on every capture after a process's first: "
-                    "profile one case per process, --causal/--modes) (%s)", name, path)
+                    "(see `python -m benchmarks.trace_overlap %s`)", name, path)
     return {"comm_overlap": None, "comm_ms_per_call": total["comm_ms"] / per}
   logging.info("profile %s: %d GPUs, per call and GPU: NCCL %.3f ms (exposed %.3f, overlap "
                "%.3f), attention kernels %.3f ms, other kernels %.3f ms, idle %.3f ms of %.3f "

@@ -154,9 +154,9 @@ def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
   """Totals over GPUs: comm_ms, exposed_ms, overlap (time-weighted), n_gpus.
 
   overlap is NaN when the trace holds NCCL kernels but no compute kernel at
-  all: on 4 H200s every capture after a process's first one came back like
-  that (the ring's kernels ran, the timings show it), and "0 % overlap" from
-  such a trace would be an artefact, not a measurement.
+  all: "0 % overlap" from such a trace would say nothing about the run (until
+  session 7 every zigzag trace looked like that, through the lane filter
+  ``_kind`` replaced).
   """
   total = {key: sum(s[key] for s in stats.values())
            for key in ("comm_ms", "exposed_ms", "attn_ms", "other_ms", "idle_ms", "span_ms",
