@@ -94,10 +94,8 @@ def _kind(name: str) -> str | None:
   return "compute"
 
 
-def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
-  """Per GPU (keyed by the trace's process name): comm_ms, exposed_ms,
-  overlap, compute_ms, span_ms, and the kernel counts. Empty when the trace
-  holds no GPU kernels (e.g. the CPU backend)."""
+def _load(trace_path: str):
+  """(events, process names by pid, lane names by (pid, tid)) of a trace."""
   with gzip.open(trace_path, "rt") as fh:
     data = json.load(fh)
   events = data["traceEvents"] if isinstance(data, dict) else data
@@ -108,7 +106,14 @@ def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
       proc_names[e["pid"]] = e["args"]["name"]
     elif e.get("ph") == "M" and e.get("name") == "thread_name":
       thread_names[(e["pid"], e.get("tid"))] = e["args"]["name"]
+  return events, proc_names, thread_names
 
+
+def overlap_stats(trace_path: str) -> dict[str, dict[str, float]]:
+  """Per GPU (keyed by the trace's process name): comm_ms, exposed_ms,
+  overlap, compute_ms, span_ms, and the kernel counts. Empty when the trace
+  holds no GPU kernels (e.g. the CPU backend)."""
+  events, proc_names, thread_names = _load(trace_path)
   per_gpu: dict[Any, dict[str, list[tuple[float, float]]]] = {}
   for e in events:
     if e.get("ph") != "X" or "dur" not in e:
@@ -168,19 +173,12 @@ def summarize(stats: dict[str, dict[str, float]]) -> dict[str, float]:
   return total
 
 
-
 def timeline(trace_path: str, gpu: str = "GPU:0", max_ms: float = 1e9) -> list[str]:
   """One line per GPU event of the device whose name contains ``gpu``, in
   start order: start and duration (ms, from its first event), lane, name.
   An NCCL kernel on the attention kernels' lane is a collective that XLA ran
   synchronously on the compute stream."""
-  with gzip.open(trace_path, "rt") as fh:
-    data = json.load(fh)
-  events = data["traceEvents"] if isinstance(data, dict) else data
-  procs = {e["pid"]: e["args"]["name"] for e in events
-           if e.get("ph") == "M" and e.get("name") == "process_name"}
-  lanes = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events
-           if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  events, procs, lanes = _load(trace_path)
   mine = sorted((e for e in events if e.get("ph") == "X" and "dur" in e
                  and gpu in procs.get(e["pid"], "")), key=lambda e: float(e["ts"]))
   lines = []
