@@ -406,7 +406,7 @@ def ring_bwd(q, k, v, out, lse, dout, cfg: primitives.AttnConfig, axis_name,
     step = (jnp.concatenate(dk_step, axis=_SEQ), jnp.concatenate(dv_step, axis=_SEQ))
     dkv = step if dkv_in is None else jax.tree.map(jnp.add, dkv_in, step)
     kv, (dq, dkv) = ring_comm.step_fence((k, v) if own_next else kv_next, (dq, dkv))
-  dkv = ring_comm.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
+  dkv = ring_comm.finish_dkv(dkv, schedule[-1][0], n, axis_name, (k.dtype, v.dtype))
   return jnp.concatenate(dq, axis=_SEQ).astype(q.dtype), dkv[0], dkv[1]
 
 

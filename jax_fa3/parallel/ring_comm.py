@@ -105,12 +105,13 @@ def bwd_exchange(kv, acc, send_kv: bool, n: int, axis_name):
   return (recv[:2] if send_kv else None), (recv[-2:] if acc is not None else None)
 
 
-def finish_dkv(dkv, n: int, axis_name, dtypes):
-  """dK/dV of the own block in the output dtypes. In the own-block-first
-  order the accumulator still makes its n-th hop home, cast first (the
-  rounding the cast at home would do; half the bytes)."""
+def finish_dkv(dkv, last_step: int, n: int, axis_name, dtypes):
+  """dK/dV of the own block in the output dtypes, after the schedule's last
+  step (``bwd_schedule``). If that step was not the own block (s = 0; the
+  own-block-first order), the accumulator still makes its n-th hop home,
+  cast first (the rounding the cast at home would do; half the bytes)."""
   dkv = tuple(x.astype(t) for x, t in zip(dkv, dtypes))
-  return dkv if bwd_order(n)[-1] == 0 else send_next(dkv, n, axis_name)
+  return dkv if last_step == 0 else send_next(dkv, n, axis_name)
 
 
 def send_next(xs: tuple, n: int, axis_name) -> tuple:

@@ -147,5 +147,5 @@ def bwd(q, k, v, out, lse, dout, cfg, axis_name, n):
     dq = g_q if dq is None else dq + g_q
     dkv = (g_k, g_v) if dkv_in is None else (dkv_in[0] + g_k, dkv_in[1] + g_v)
     kv, (dq, dkv) = ring_comm.step_fence((k, v) if own_next else kv_next, (dq, dkv))
-  dkv = ring_comm.finish_dkv(dkv, n, axis_name, (k.dtype, v.dtype))
+  dkv = ring_comm.finish_dkv(dkv, schedule[-1][0], n, axis_name, (k.dtype, v.dtype))
   return dq.astype(q.dtype), dkv[0], dkv[1]
