@@ -85,6 +85,12 @@ __device__ __forceinline__ void dq_frag_red(Frag const& frag, float* gmem, int t
 // heads, 1); block m finds its sequence (bwd_scratch.h) and writes the rows
 // below its attended length at its offset in the packed output (offsets
 // clamped by VarlenSide, varlen.h).
+//
+// Per chunk the converted values go to shared memory in row-major order
+// first and leave in 16-byte row segments: the fragment order puts a
+// thread's 4 values in different rows and columns, and storing those 2-byte
+// values straight to global memory ran this kernel at ~1.2 TB/s (0.34 ms
+// per 32k x 16 heads x d128 call on an H200; session 7 ring trace).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumMmaThreads)
     bwd_dq_convert_kernel(const float* __restrict__ acc, typename Traits::Element* dq,
@@ -94,7 +100,12 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
   constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
-  constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2;
+  constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2, kThreads = Traits::kNumMmaThreads;
+  // Row pitch with 8 elements (16 bytes) of padding: rows start in
+  // different banks, and every 16-byte segment stays aligned.
+  constexpr int kPitch = kChunk + 8, kVecs = kChunk / 8;
+  static_assert(kChunk % 8 == 0, "16-byte segments");
+  __shared__ __align__(16) Element tile[kBlockM * kPitch];
   int const m = blockIdx.x, head = blockIdx.y, batch = blockIdx.z, t = threadIdx.x;
   int const bh = batch * num_heads + head;
   int m_row = m * kBlockM;  // first row of the block in the sequence
@@ -104,13 +115,14 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
     m_row -= int(bwd_pad_start(vq, b, kBwdPadM));
     seq_row = vq.start(b);
     seqlen_q = int(vq.len(b));
-    if (m_row < 0 || m_row >= seqlen_q) return;  // padding between sequences
+    if (m_row < 0 || m_row >= seqlen_q) return;  // padding between sequences (whole block)
   }
+  int const rows = seqlen_q - m_row < kBlockM ? seqlen_q - m_row : kBlockM;
   typename Traits::TiledMmadQ mma;
   auto thr = mma.get_thread_slice(t);
   Tensor cQ = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kChunk>>{}));
   const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
-  Element* out = dq + batch * batch_stride + seq_row * row_stride + head * head_stride;
+  Element* out = dq + batch * batch_stride + (seq_row + m_row) * row_stride + head * head_stride;
   CUTE_UNROLL
   for (int ch = 0; ch < kChunks; ++ch) {
     const float4* src =
@@ -121,11 +133,17 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
       float vals[4] = {v.x, v.y, v.z, v.w};
       CUTE_UNROLL
       for (int k = 0; k < 4; ++k) {
-        int row = m_row + int(get<0>(cQ(4 * j + k)));
-        int col = ch * kChunk + int(get<1>(cQ(4 * j + k)));
-        if (row < seqlen_q) out[int64_t(row) * row_stride + col] = static_cast<Element>(vals[k] * scale);
+        int row = int(get<0>(cQ(4 * j + k))), col = int(get<1>(cQ(4 * j + k)));
+        tile[row * kPitch + col] = static_cast<Element>(vals[k] * scale);
       }
     }
+    __syncthreads();
+    for (int i = t; i < rows * kVecs; i += kThreads) {
+      int row = i / kVecs, seg = i - row * kVecs;
+      *reinterpret_cast<uint4*>(out + int64_t(row) * row_stride + ch * kChunk + seg * 8) =
+          *reinterpret_cast<const uint4*>(tile + row * kPitch + seg * 8);
+    }
+    __syncthreads();  // the next chunk reuses the tile
   }
 }
 

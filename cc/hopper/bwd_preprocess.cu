@@ -23,26 +23,43 @@ namespace {
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 
-// One warp per padded row (b, h, i), i < sq_pad. Varlen (offsets read
-// through the clamp of varlen.h's VarlenSide):
-// b = 0 and i runs over the padded rows of all sequences (bwd_scratch.h);
-// row i of sequence s reads packed row cu_q[s] + i - pad_start(s).
+// dO . O over 8 elements (one 16-byte load of each).
+template <class T>
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+  const T* x = reinterpret_cast<const T*>(&a);
+  const T* y = reinterpret_cast<const T*>(&b);
+  float acc = 0.f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) acc += to_f(x[k]) * to_f(y[k]);
+  return acc;
+}
+
+// `lanes` lanes per padded row (b, h, i), i < sq_pad: the smallest power of
+// two >= d / 8, so a row is read in 16-byte loads (d / 8 of them) and a warp
+// covers 32 / lanes rows at once; one scalar load per element had kept this
+// kernel at ~1.2 TB/s (0.22 ms per 32k x 16 heads x d128 call on an H200;
+// session 7 ring trace). Strides and pointers are multiples of 16 bytes
+// (run_bwd checks), and so is a row of d elements. Varlen (offsets read
+// through the clamp of varlen.h's VarlenSide): b = 0 and i runs over the
+// padded rows of all sequences (bwd_scratch.h); row i of sequence s reads
+// packed row cu_q[s] + i - pad_start(s).
 template <class T>
 __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __restrict__ out,
                                       const float* __restrict__ lse, float* __restrict__ lse2,
                                       float* __restrict__ dpsum, int64_t rows, int64_t sq,
-                                      int64_t sq_pad, int64_t heads, int d,
+                                      int64_t sq_pad, int64_t heads, int d, int lanes,
                                       int64_t q_batch_stride, int64_t q_row_stride,
                                       int64_t q_head_stride, int64_t lse_batch_stride,
                                       int64_t lse_head_stride, bool varlen, VarlenSide vq,
                                       int num_seqs) {
-  int lane = threadIdx.x % 32;
+  int const lane = threadIdx.x % 32, sub = lane % lanes, per_warp = 32 / lanes;
   int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
-  for (int64_t r = warp; r < rows; r += nwarps) {
+  for (int64_t r0 = warp * per_warp; r0 < rows; r0 += nwarps * per_warp) {
+    int64_t r = r0 + lane / lanes;  // this lane's row; every lane runs the shuffles
     int64_t i = r % sq_pad, bh = r / sq_pad, h = bh % heads, b = bh / heads;
-    bool valid = i < sq;
-    if (varlen) {
+    bool valid = r < rows && i < sq;
+    if (varlen && r < rows) {
       int s = bwd_pad_seq(vq, num_seqs, i, kBwdPadM);
       int64_t j = i - bwd_pad_start(vq, s, kBwdPadM);
       valid = j >= 0 && j < vq.len(s);
@@ -51,12 +68,16 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
     float acc = 0.f, l = INFINITY;
     if (valid) {
       int64_t off = b * q_batch_stride + i * q_row_stride + h * q_head_stride;
-      for (int x = lane; x < d; x += 32) acc += to_f(dout[off + x]) * to_f(out[off + x]);
-      float v = lse[b * lse_batch_stride + h * lse_head_stride + i];
-      l = v == -INFINITY ? INFINITY : v * 1.4426950408889634f;
+      const uint4* o = reinterpret_cast<const uint4*>(out + off);
+      const uint4* g = reinterpret_cast<const uint4*>(dout + off);
+      for (int c = sub; c < d / 8; c += lanes) acc += dot8<T>(g[c], o[c]);
+      if (sub == 0) {
+        float v = lse[b * lse_batch_stride + h * lse_head_stride + i];
+        l = v == -INFINITY ? INFINITY : v * 1.4426950408889634f;
+      }
     }
-    for (int s = 16; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffff, acc, s);
-    if (lane == 0) {
+    for (int s = lanes / 2; s > 0; s /= 2) acc += __shfl_xor_sync(0xffffffff, acc, s);
+    if (sub == 0 && r < rows) {
       dpsum[r] = acc;
       lse2[r] = l;
     }
@@ -66,12 +87,15 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
 template <class T>
 std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t s) {
   int64_t rows = w.ws_batch * p.num_heads * w.sq_pad;
-  int64_t blocks = (rows * 32 + 255) / 256;
+  if (p.head_dim % 8 != 0) return "jax_fa3 hopper bwd: preprocess needs head_dim % 8 == 0";
+  int lanes = 1;
+  while (lanes < 32 && lanes * 8 < p.head_dim) lanes *= 2;
+  int64_t blocks = (rows * lanes + 255) / 256;
   if (blocks > 65536) blocks = 65536;
   bwd_preprocess_kernel<T><<<int(blocks), 256, 0, s>>>(
       static_cast<const T*>(p.dout), static_cast<const T*>(p.out_in), p.lse_in,
       w.at<float>(p.workspace, w.off_lse2), w.at<float>(p.workspace, w.off_dpsum), rows,
-      p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), p.q_batch_stride, p.q_row_stride,
+      p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), lanes, p.q_batch_stride, p.q_row_stride,
       p.q_head_stride, p.lse_batch_stride, p.lse_head_stride,
       p.is_varlen, varlen_side_q(p),
       int(p.num_seqs));
