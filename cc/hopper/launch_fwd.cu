@@ -150,6 +150,14 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
 
 }  // namespace
 
+bool fwd_grid_per_tile() {
+  static bool const on = [] {
+    const char* e = std::getenv("JAX_FA3_FWD_GRID_PER_TILE");
+    return e && e[0] == '1';
+  }();
+  return on;
+}
+
 bool varlen_plain_rr() {
   const char* e = std::getenv("JAX_FA3_VARLEN_PLAIN_RR");
   return e && e[0] == '1';

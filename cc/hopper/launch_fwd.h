@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <limits>
 #include <string>
 
 #include "cc/common/params.h"
@@ -29,6 +30,12 @@ int sm_count_cached();
 // environment variable JAX_FA3_VARLEN_PLAIN_RR is set to 1: for measuring
 // the scheduler against its baseline (tests/cuda/fwd_varlen_harness.cu).
 bool varlen_plain_rr();
+
+// One CTA per tile (per unit: a heavy/light causal pair, or a varlen unit)
+// instead of a persistent grid, when JAX_FA3_FWD_GRID_PER_TILE is 1: the
+// hardware then places CTAs around other streams' kernels (the ring's NCCL
+// transfers) as SMs free up, with no sm_margin. An A/B knob for the ring.
+bool fwd_grid_per_tile();
 
 template <class Traits>
 std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
@@ -121,6 +128,7 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   // collective-permutes, which would otherwise wait for this grid to finish.
   int sms = detail::sm_count_cached() - a.sm_margin;
   if (sms < 1) sms = 1;
+  if (fwd_grid_per_tile()) sms = std::numeric_limits<int>::max();
   int grid = varlen ? VarlenScheduler::grid_size(units, sms)
                     : StaticTileScheduler::grid_size(int(units), sms,
                                                      kp.sched.zigzag_m);
