@@ -64,10 +64,14 @@ def attention(q: jax.Array,
       has gets output 0 (LSE -inf). Runs through the varlen path (see
       ``jax_fa3.segments``), on the CPU and Hopper backends; not
       partitioned under sharding.
-    sm_margin: number of SMs the Hopper forward leaves idle (FA3's
-      ``sm_margin``), for overlapping communication kernels that run beside
-      it on another stream; 0 uses every SM. Ignored by the CPU backend and
-      by the backward, whose grid is not persistent.
+    sm_margin: FA3's ``sm_margin``: > 0 when communication kernels run
+      beside the forward on another stream. FA3 leaves that many SMs idle;
+      the Hopper forward here launches one CTA per tile instead of its
+      persistent grid, so the other kernels get SMs as tiles finish (every
+      positive value acts alike; on 4 H200s the ring's exposed transfer time
+      fell from 1.7 to 0.1 ms per call). 0: persistent grid on every SM.
+      Ignored by the CPU backend and by the backward, whose grid is not
+      persistent.
 
   Returns:
     ``out`` with the shape and dtype of ``q``; or ``(out, lse)`` when

@@ -33,9 +33,9 @@ class AttnConfig:
   window_right: int
   softcap: float
   deterministic: bool = False
-  # SMs the forward's persistent grid leaves idle (FA3's sm_margin), so that
-  # kernels launched alongside it on other streams (the ring's NCCL
-  # collective-permutes) get SMs instead of waiting for it to finish.
+  # FA3's sm_margin: > 0 when kernels launched alongside the forward on
+  # other streams (the ring's NCCL collective-permutes) need SMs; the Hopper
+  # forward then runs one CTA per tile instead of a persistent grid.
   sm_margin: int = 0
 
   @classmethod

@@ -50,9 +50,11 @@ struct AttnParams {
   int window_right = -1;  // -1: unbounded; causal forces 0
   float softcap = 0.0f;   // 0: off; else s = softcap * tanh(s / softcap)
 
-  // SMs the Hopper forward's persistent grid leaves idle (FA3's sm_margin):
-  // kernels on other streams, e.g. the ring's NCCL transfers, then get SMs
-  // while it runs. The CPU backend and the (non-persistent) backward ignore it.
+  // FA3's sm_margin: > 0 when kernels on other streams (the ring's NCCL
+  // transfers) run beside the forward. FA3 leaves that many SMs idle; the
+  // Hopper forward launches one CTA per tile instead of its persistent grid
+  // (launch_fwd.h says why), so every positive value acts alike. The CPU
+  // backend and the (non-persistent) backward ignore it.
   int sm_margin = 0;
 
   // ---- forward buffers ----------------------------------------------------

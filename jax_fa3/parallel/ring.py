@@ -250,8 +250,10 @@ def _select(masks, table, axis_name, branches, *operands):
 
 
 # Default sm_margin of the ring's forward kernels: NCCL's point-to-point
-# kernels need a few SMs of their own to run during the attention kernel
-# (benchmarks.ring --profile_dir measures the overlap).
+# kernels need SMs of their own while the attention kernel runs; any value
+# > 0 makes the Hopper forward launch one CTA per tile instead of a
+# persistent grid (jax_fa3.attention's sm_margin; benchmarks.ring
+# --profile_dir measures the overlap).
 RING_SM_MARGIN = 8
 
 
@@ -449,10 +451,10 @@ def ring_attention(q, k, v, *, axis_name, causal: bool = False,
     "zigzag" (device i holds chunks i and 2n-1-i of 2n; balances causal work;
     see ``jax_fa3.parallel.zigzag``). The output is in the same layout.
 
-  sm_margin: SMs each forward kernel leaves to the collective-permutes that
-    run beside it (FA3's ``sm_margin``, see ``jax_fa3.attention``); None =
-    ``RING_SM_MARGIN``. A persistent kernel on every SM would leave a
-    transfer launched beside it no SM to run on.
+  sm_margin: FA3's ``sm_margin`` for each forward kernel (see
+    ``jax_fa3.attention``); None = ``RING_SM_MARGIN``. > 0 gives the
+    collective-permutes that run beside the kernel SMs as its tiles finish;
+    0 (a persistent kernel on every SM) leaves them none until it ends.
 
   Returns the local output shard, or (out, lse) with ``return_lse`` (lse:
   float32 (*batch, heads, local_seqlen_q), no gradient).
