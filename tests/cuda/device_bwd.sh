@@ -34,6 +34,9 @@ for part in ${PARTS:-quick sweep det bench memcheck racecheck}; do
     vdet) timeout ${DET_T:-120} $B --varlen --deterministic > "$OUT/bwdv_det.txt" 2>&1; echo "== varlen det rc=$?"; grep -E "FAIL|passed" "$OUT/bwdv_det.txt" | cut -c1-300 ;;
     vbench) timeout ${BENCH_T:-120} $B --varlen --bench 2>&1 | tee "$OUT/bwdv_bench.txt" ;;
     vmemcheck) timeout 180 compute-sanitizer --tool memcheck $B --varlen --quick 2>&1 | tail -4 ;;
+    detsweep) # the sweep's values in deterministic mode (--deterministic checks reproducibility)
+      for d in ${SWEEP_DIMS:-64 96 128 192 256}; do BWD_SWEEP_DET=1 timeout ${SWEEP_T:-240} $B --sweep --d $d > "$OUT/bwd_detsweep$d.txt" 2>&1 & done; wait
+      for d in ${SWEEP_DIMS:-64 96 128 192 256}; do echo "== det sweep d=$d: $(tail -1 "$OUT/bwd_detsweep$d.txt")"; grep FAIL "$OUT/bwd_detsweep$d.txt" | head -8 | cut -c1-260; done ;;
     det) timeout ${DET_T:-120} $B --deterministic > "$OUT/bwd_det.txt" 2>&1; echo "== det rc=$?"; tail -16 "$OUT/bwd_det.txt" | cut -c1-200 ;;
     bench) timeout ${BENCH_T:-120} $B --bench ${BENCH_D:+--d $BENCH_D} 2>&1 | tee "$OUT/bwd_bench.txt" | tail -60 ;;
     memcheck) timeout 120 compute-sanitizer --tool memcheck $B --quick 2>&1 | tail -3 ;;
