@@ -106,8 +106,18 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
     kp.sched = StaticTileScheduler{num_m, int(a.num_heads), int(units), /*zigzag_m=*/local};
     kp.vsched = VarlenScheduler{};
   }
-  // Varlen: CTA c's unit in round r is below units + grid.
-  if (units + (varlen ? detail::sm_count_cached() : 0) >= (int64_t(1) << 31)) {
+  // sm_margin > 0: share the GPU with kernels on other streams, e.g. the
+  // ring's collective-permutes, which would otherwise wait for this grid to
+  // finish. FA3 shrinks its persistent grid by sm_margin SMs; we launch one
+  // CTA per tile unit instead, which the hardware places around the other
+  // kernels as SMs free up. On 4 H200s the ring's exposed NCCL time per
+  // causal forward call fell from 1.7 ms (8 SMs kept free) to 0.1 ms, and
+  // the forward from 33.4 to 32.0 ms (session 8, benchmarks.ring).
+  bool const per_tile = a.sm_margin > 0 || fwd_grid_per_tile();
+  int const sms = per_tile ? std::numeric_limits<int>::max() : detail::sm_count_cached();
+  // A CTA's next tile or unit index stays below units + grid (varlen) or
+  // 2 * units (dense, per tile); int32 in the kernel.
+  if (units + (per_tile ? units : (varlen ? int64_t(sms) : 0)) >= (int64_t(1) << 31)) {
     return "jax_fa3 hopper fwd: too many tiles for int32";
   }
   if (units == 0) return "";
@@ -123,15 +133,6 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper fwd: cudaFuncSetAttribute failed: ") + cudaGetErrorString(err);
   }
-  // sm_margin > 0: share the GPU with kernels on other streams, e.g. the
-  // ring's collective-permutes, which would otherwise wait for this grid to
-  // finish. FA3 shrinks its persistent grid by sm_margin SMs; we launch one
-  // CTA per tile unit instead, which the hardware places around the other
-  // kernels as SMs free up. On 4 H200s the ring's exposed NCCL time per
-  // causal forward call fell from 1.7 ms (8 SMs kept free) to 0.1 ms, and
-  // the forward from 33.4 to 32.0 ms (session 8, benchmarks.ring).
-  int sms = detail::sm_count_cached();
-  if (a.sm_margin > 0 || fwd_grid_per_tile()) sms = std::numeric_limits<int>::max();
   int grid = varlen ? VarlenScheduler::grid_size(units, sms)
                     : StaticTileScheduler::grid_size(int(units), sms,
                                                      kp.sched.zigzag_m);
