@@ -113,7 +113,7 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_sm_margin(value: Any) -> int:
-  """sm_margin: an int in [0, 1024) (SMs the forward leaves idle)."""
+  """sm_margin: an int in [0, 1024) (FA3's; > 0: the forward shares the GPU)."""
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
     raise TypeError(f"sm_margin must be an int, got {type(value).__name__}")
   if not 0 <= int(value) < 1024:
