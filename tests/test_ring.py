@@ -248,6 +248,19 @@ def test_zigzag_causal_ring_is_one_call_per_step(rng, monkeypatch):
 
 
 @child_only
+def test_ring_forward_calls_share_the_gpu(rng):
+  """Every forward kernel call of the ring carries sm_margin =
+  RING_SM_MARGIN (> 0: the Hopper forward runs one CTA per tile, so the
+  transfers beside it get SMs); the backward calls have no such attribute."""
+  text = _ring_fwd_bwd_lowered(rng, "zigzag").as_text()
+  fwd = [l for l in text.splitlines() if re.search(r"custom_call @jax_fa3_fwd\b", l)]
+  assert len(fwd) == 4
+  for line in fwd:
+    m = re.search(r"sm_margin = (\d+)", line)
+    assert m and int(m[1]) == ring_mod.RING_SM_MARGIN > 0, line[:300]
+
+
+@child_only
 @pytest.mark.parametrize("own_first", [False, True])
 def test_ring_transfer_count(rng, monkeypatch, own_first):
   """Arrays sent in a 4-device zigzag fwd+bwd (one collective-permute each
