@@ -251,7 +251,7 @@ def test_zigzag_causal_ring_is_one_call_per_step(rng, monkeypatch):
 def test_ring_forward_calls_share_the_gpu(rng):
   """Every forward kernel call of the ring carries sm_margin =
   RING_SM_MARGIN (> 0: the Hopper forward runs one CTA per tile, so the
-  transfers beside it get SMs); the backward calls have no such attribute."""
+  transfers beside it get SMs)."""
   text = _ring_fwd_bwd_lowered(rng, "zigzag").as_text()
   fwd = [l for l in text.splitlines() if re.search(r"custom_call @jax_fa3_fwd\b", l)]
   assert len(fwd) == 4
