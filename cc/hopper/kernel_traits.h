@@ -75,11 +75,7 @@ struct FwdTraits {
   static constexpr int kHeadDim = kHeadDim_;
   using Config = TileConfig<kHeadDim_, kMmaWG_>;
   static constexpr int kBlockN = Config::kBlockN;
-#ifdef JAX_FA3_FWD_STAGES  // build-time override for experiments (K/V pipeline depth)
-  static constexpr int kStages = JAX_FA3_FWD_STAGES;
-#else
   static constexpr int kStages = Config::kStages;
-#endif
 
   // Warp roles: warpgroup 0 = producer (one warp issues all TMA loads),
   // warpgroups 1.. = consumers (64 query rows each).

@@ -148,20 +148,16 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
   return dispatch(p, s);
 }
 
-}  // namespace
-
-bool fwd_grid_per_tile() {
-  static bool const on = [] {
-    const char* e = std::getenv("JAX_FA3_FWD_GRID_PER_TILE");
-    return e && e[0] == '1';
-  }();
-  return on;
-}
-
-bool varlen_plain_rr() {
-  const char* e = std::getenv("JAX_FA3_VARLEN_PLAIN_RR");
+// The launcher's A/B switches: environment variable `name` set to 1.
+bool env_on(const char* name) {
+  const char* e = std::getenv(name);
   return e && e[0] == '1';
 }
+}  // namespace
+
+bool fwd_grid_per_tile() { return env_on("JAX_FA3_FWD_GRID_PER_TILE"); }
+
+bool varlen_plain_rr() { return env_on("JAX_FA3_VARLEN_PLAIN_RR"); }
 
 std::string run_fwd(const AttnParams& p, void* stream) {
   if (p.dtype != DType::kBF16 && p.dtype != DType::kF16) {
