@@ -55,6 +55,35 @@ def test_forward_lengths(rng, sq, sk, causal):
   assert_fa3_close("out", _cpu(out), ref, naive, jnp.bfloat16)
 
 
+@pytest.mark.parametrize("sq,sk", [(300, 8200), (129, 16384)])
+@pytest.mark.parametrize("softcap", [0.0, 30.0])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_forward_wide_key_block(rng, sq, sk, softcap, dtype):
+  # d=128 without a mask and seqlen_k >= 8k takes the 176-wide key block
+  # (cc/hopper/launch_fwd.h): its last block is partial at both lengths.
+  q, k, v = make_qkv(rng, 1, sq, sk, 4, 2, 128, dtype)
+  out, lse = jax.jit(lambda a, b, c: jax_fa3.attention(a, b, c, softcap=softcap,
+                                                       return_lse=True))(*map(_gpu, (q, k, v)))
+  ref, naive = references(q, k, v, softcap=softcap)
+  assert_fa3_close("out", _cpu(out), ref, naive, dtype)
+  _, lse_ref = jax_fa3.reference.attention(*(x.astype(jnp.float64) for x in (q, k, v)),
+                                           softcap=softcap, return_lse=True)
+  assert max_err(_cpu(lse), lse_ref) < 1e-3
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (17, 113), (333, 257), (1000, 999), (64, 176),
+                                   (200, 353)])
+@pytest.mark.parametrize("h,hk", [(4, 4), (8, 2)], ids=["mha", "gqa4"])
+def test_forward_wide_key_block_forced(rng, monkeypatch, sq, sk, h, hk):
+  # JAX_FA3_FWD_WIDE=1 puts every unmasked d=128 call on the wide block:
+  # one block, exact multiples of 176 and partial last blocks.
+  monkeypatch.setenv("JAX_FA3_FWD_WIDE", "1")
+  q, k, v = make_qkv(rng, 2, sq, sk, h, hk, 128, jnp.bfloat16)
+  out = jax.jit(lambda a, b, c: jax_fa3.attention(a, b, c))(*map(_gpu, (q, k, v)))
+  ref, naive = references(q, k, v)
+  assert_fa3_close("out", _cpu(out), ref, naive, jnp.bfloat16)
+
+
 def test_cpu_and_cuda_backends_agree(rng):
   q, k, v = make_qkv(rng, 2, 511, 511, 8, 2, 128, jnp.bfloat16)
   f = jax.jit(lambda a, b, c: jax_fa3.attention(a, b, c, causal=True))

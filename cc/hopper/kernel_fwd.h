@@ -116,8 +116,12 @@ struct FwdConsumer {
 
     // Score post-processing shared by both paths: softcap, then the mask on
     // boundary blocks only.
-    auto process_scores = [&](int n) {
+    // in_loop: a block after the first one processed (n < n_max - 1); with
+    // Traits::kUnmasked (no causal / window) those are all full, and leaving
+    // the mask code out of the loop keeps the wide tile's registers free.
+    auto process_scores = [&](int n, bool in_loop) {
       if (p.softcap != 0.f) OnlineSoftmax<kRows>::apply_softcap(tSrS, p.softcap_pre, p.softcap);
+      if (Traits::kUnmasked && in_loop) return;
       if (!mask.template block_is_full<kBlockM, kBlockN>(tc.m_block, n)) {
         mask.apply(s_rc, cS_rc, row0, n * kBlockN);
       }
@@ -160,7 +164,7 @@ struct FwdConsumer {
         warpgroup_wait<0>();
         pipe_k.consumer_release(state);
         if (n == n_min) q_empty();
-        process_scores(n);
+        process_scores(n, /*in_loop=*/false);
         float corr[kRows];
         softmax.step_scores(s_rc, corr, /*first=*/true);
         convert_p();
@@ -175,7 +179,7 @@ struct FwdConsumer {
           warpgroup_wait<1>();  // S done; P*V may still run
           pipe_k.consumer_release(state);
           if (n == n_min) q_empty();
-          process_scores(n);
+          process_scores(n, /*in_loop=*/true);
           softmax.step_scores(s_rc, corr, /*first=*/false);
           warpgroup_wait<0>();  // P*V done: O and the old P are free
           pipe_v.consumer_release(state_v);
@@ -203,7 +207,7 @@ struct FwdConsumer {
           warpgroup_wait<0>();
           pipe_k.consumer_release(state);
           if (n == n_min) q_empty();
-          process_scores(n);
+          process_scores(n, /*in_loop=*/!first);
           softmax.step(s_rc, o_rc, first);
           first = false;
           convert_p();

@@ -29,6 +29,8 @@ using namespace cute;
 //          192x128, 3 WGs, 3 stages: 24K + 3*32K = 120 KB  (otherwise)
 //   d=96 : 128x128, 2 WGs, 2 stages: 24K + 2*48K = 120 KB
 //   d=128: 128x128, 2 WGs, 2 stages: 32K + 2*64K = 160 KB
+//          128x176, 2 WGs, 2 stages: 32K + 2*88K = 208 KB  (no mask, long
+//          seqlen_k: kD128WideBlockN, launch_fwd.h)
 //   d=192: 128x64 , 2 WGs, 3 stages: 48K + 3*48K = 192 KB
 //   d=256: 128x80 , 2 WGs, 2 stages: 64K + 2*80K = 224 KB
 // Measured on H100 (tests/cuda, bf16): d=256 overlapped without pingpong at
@@ -59,6 +61,13 @@ template <> struct TileConfig<256, 2> {
   static constexpr int kBlockN = 80, kStages = 2, kProducerRegs = 24, kConsumerRegs = 240;
 };
 
+// FA3's key block for d=128 without causal / window: fewer softmax passes and
+// pipeline hand-offs per FLOP. Spill-free only because the unmasked kernel
+// keeps the mask code out of its loop (FwdTraits::kUnmasked): with it there,
+// ptxas spilled ~100-160 bytes. H100 harness against 128 (non-causal): 1.02
+// at 8k, 1.05-1.08 at 16k, 0.98 at 2k where its last block is 3 % padding.
+inline constexpr int kD128WideBlockN = 176;
+
 // Largest 128B/64B/32B swizzle atom whose row (contiguous run along head_dim)
 // divides D: K-major for Q and K, and, read transposed, MN-major for V.
 template <class Element, int D>
@@ -68,13 +77,17 @@ CUTE_HOST_DEVICE constexpr auto kmajor_atom() {
   else return GMMA::Layout_K_SW32_Atom<Element>{};
 }
 
-template <int kHeadDim_, class Element_, int kMmaWG_ = 2>
+// kBlockN_ != 0 overrides the key-block width of TileConfig (launch_fwd.h's
+// wide unmasked d=128 tile); such a variant has no varlen kernel.
+template <int kHeadDim_, class Element_, int kMmaWG_ = 2, int kBlockN_ = 0>
 struct FwdTraits {
   using Element = Element_;   // cutlass::bfloat16_t or cutlass::half_t
   using ElementAcc = float;
   static constexpr int kHeadDim = kHeadDim_;
   using Config = TileConfig<kHeadDim_, kMmaWG_>;
-  static constexpr int kBlockN = Config::kBlockN;
+  static constexpr int kBlockN = kBlockN_ != 0 ? kBlockN_ : Config::kBlockN;
+  // The varlen kernel is built for the default 2-warpgroup configs only.
+  static constexpr bool kHasVarlenKernel = kMmaWG_ == 2 && kBlockN_ == 0;
   static constexpr int kStages = Config::kStages;
 
   // Warp roles: warpgroup 0 = producer (one warp issues all TMA loads),
@@ -118,6 +131,9 @@ struct FwdTraits {
 #endif
   // kernel_fwd.h (q_desc): recompute Q's descriptors per GEMM at d=256.
   static constexpr bool kRecomputeQDesc = kHeadDim_ == 256;
+  // The wide variant runs only without causal / window (launch_fwd.h): every
+  // key block but the last (processed first) is then fully visible.
+  static constexpr bool kUnmasked = kBlockN_ != 0;
 
   using TileShapeQK = Shape<Int<kBlockM>, Int<kBlockN>, Int<kHeadDim>>;
   using TileShapePV = Shape<Int<kBlockM>, Int<kHeadDim>, Int<kBlockN>>;

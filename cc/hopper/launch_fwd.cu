@@ -159,6 +159,12 @@ bool fwd_grid_per_tile() { return env_on("JAX_FA3_FWD_GRID_PER_TILE"); }
 
 bool varlen_plain_rr() { return env_on("JAX_FA3_VARLEN_PLAIN_RR"); }
 
+int fwd_wide_override() {
+  const char* e = std::getenv("JAX_FA3_FWD_WIDE");
+  if (e == nullptr || e[0] == '\0') return -1;
+  return e[0] == '1' ? 1 : 0;
+}
+
 std::string run_fwd(const AttnParams& p, void* stream) {
   if (p.dtype != DType::kBF16 && p.dtype != DType::kF16) {
     return std::string("jax_fa3 hopper fwd: dtype ") + dtype_name(p.dtype) +

@@ -36,6 +36,11 @@ bool varlen_plain_rr();
 // is 1 (calls with sm_margin > 0 always run so): an A/B knob.
 bool fwd_grid_per_tile();
 
+// JAX_FA3_FWD_WIDE=1 / 0: the wide d=128 key block (launch_fwd) for every
+// unmasked dense call / for none, instead of by seqlen_k; -1 when unset.
+// For A/B runs and to sweep the wide kernel over short sequences.
+int fwd_wide_override();
+
 template <class Traits>
 std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   using Element = typename Traits::Element;
@@ -123,7 +128,7 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   if (units == 0) return "";
 
   void (*kernel)(FwdKernelParams<Traits>) = fwd_kernel<Traits, false>;
-  if constexpr (Traits::kNumMmaWarpGroups == 2) {  // the varlen configs (launch_fwd)
+  if constexpr (Traits::kHasVarlenKernel) {  // the varlen configs (launch_fwd)
     if (varlen) kernel = fwd_kernel<Traits, true>;
   } else if (varlen) {
     return "jax_fa3 hopper fwd: no varlen kernel for this tile configuration";
@@ -154,6 +159,19 @@ std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
     // Varlen stays on 2 warpgroups: with 3 the producer's 32 registers do
     // not hold the varlen tile walk (88 bytes of spills).
     if (!masked && !a.is_varlen) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
+  }
+  if constexpr (D == 128) {
+    // The wide key block (kernel_traits.h) only where its padded last block
+    // wastes at most ~1.5 % more keys than 128's: from 8k on.
+    constexpr int64_t kWide = kD128WideBlockN;
+    bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
+    int64_t const pad_wide = (a.seqlen_k + kWide - 1) / kWide * kWide;
+    int64_t const pad_128 = (a.seqlen_k + 127) / 128 * 128;
+    int const force = fwd_wide_override();
+    bool const wide = force >= 0 ? force == 1 : pad_wide * 1000 <= pad_128 * 1015;
+    if (!masked && !a.is_varlen && wide) {
+      return launch_fwd_impl<FwdTraits<128, Element, 2, kWide>>(a, stream);
+    }
   }
   return launch_fwd_impl<FwdTraits<D, Element>>(a, stream);
 }

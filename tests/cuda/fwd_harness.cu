@@ -142,6 +142,8 @@ static int sweep(bool quick) {
     cases.push_back({64, DType::kF16, 1, 200, 77, 2, 2, false, 64, 32, 30.f});
     cases.push_back({64, DType::kBF16, 1, 250, 333, 4, 2, false, -1, -1, 0.f});
     cases.push_back({256, DType::kBF16, 1, 130, 130, 2, 2, false, -1, -1, 0.f});
+    // d128 unmasked: the wide key block under JAX_FA3_FWD_WIDE=1.
+    cases.push_back({128, DType::kBF16, 1, 190, 400, 2, 2, false, -1, -1, 0.f});
   } else {
     for (int d : dims)
       for (auto f : feats)
@@ -152,6 +154,11 @@ static int sweep(bool quick) {
               cases.push_back({d, DType::kBF16, 2, l.sq, l.sk, hk * ratio, hk, f.causal, f.wl,
                                f.wr, cap});
             }
+    // d128 unmasked with seqlen_k >= 8k: the wide key block (launch_fwd.h),
+    // partial last block.
+    cases.push_back({128, DType::kBF16, 1, 300, 8200, 4, 2, false, -1, -1, 0.f});
+    cases.push_back({128, DType::kBF16, 1, 129, 8192, 2, 2, false, -1, -1, 30.f});
+    cases.push_back({128, DType::kF16, 1, 200, 9000, 4, 1, false, -1, -1, 0.f});
     // fp16: every head dim, a few feature mixes.
     for (int d : dims) {
       cases.push_back({d, DType::kF16, 2, 1000, 999, 4, 1, false, -1, -1, 0.f});
