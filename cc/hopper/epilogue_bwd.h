@@ -107,14 +107,14 @@ constexpr bool kBwdDqRed = Traits::kDqChunks > 1;
 // runs; further chunks (d256) are issued here. kBwdDqRed: dq_red is the
 // block's accumulator, to add the chunks into directly instead (det: in the
 // writer's turn).
+// `step` counts this CTA's query blocks from 0 (the staging buffer's turn).
 template <class Traits, class MmaDq, class TA, class TB, class TC>
 __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, MmaDq& mma_dq,
                                            TA const& tdQrdS, TB const& tdQrKt, TC& tdQrdQ,
-                                           int tid, float* dq_red, bool det) {
+                                           int tid, float* dq_red, bool det, int step) {
   constexpr int kDqChunks = Traits::kDqChunks;
   constexpr int kDqHalf = Traits::kBlockM * Traits::kDqChunk / 2;
   int const wg = tid / 128, wg_tid = tid % 128;
-  float* smem_dq = ss.smem_dq.data() + wg * kDqHalf;
   CUTE_UNROLL
   for (int ch = 0; ch < kDqChunks; ++ch) {
     if (ch > 0) {
@@ -134,17 +134,29 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
       if (det && ch + 1 == kDqChunks) {
         cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
       }
-      continue;
+    } else if constexpr (Traits::kDqBufs == 1) {
+      // One buffer: the writer's previous bulk reduce has read this half.
+      cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
+      dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + wg * kDqHalf, wg_tid);
+      cutlass::arch::fence_view_async_shared();
+      cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
+    } else {
+      // Two buffers (one chunk): buffer step % 2, once its writer's reduce
+      // of its previous use has read it (the first use passes at once: the
+      // wait is for the phase before the barrier's first).
+      int const b = step % Traits::kDqBufs;
+      uint32_t const use = uint32_t(step / Traits::kDqBufs);
+      ss.dq_empty[b][wg].wait((use & 1) ^ 1);
+      dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + b * (2 * kDqHalf) + wg * kDqHalf, wg_tid);
+      cutlass::arch::fence_view_async_shared();
+      __syncwarp();  // the warp's stores and fences, then one arrival per warp
+      if (wg_tid % 32 == 0) ss.dq_full[b][wg].arrive();
     }
-    // The writer's previous bulk reduce has read this half.
-    cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
-    dq_frag_store<128>(tdQrdQ, smem_dq, wg_tid);
-    cutlass::arch::fence_view_async_shared();
-    cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
   }
 }
 
-// The dQ writer: warp 1 of the producer warpgroup (as in FA3). For each
+// The dQ writer: warp 1 of the producer warpgroup (as in FA3), and warp 2
+// with two staging buffers. For each
 // query block and chunk it takes the two warpgroups' halves from smem_dq and
 // issues one bulk reduce-add each into the fp32 accumulator. Deterministic:
 // the adds into one query block go in descending n_block order (bwd_kernel
@@ -160,21 +172,26 @@ struct BwdDqWriter {
   static constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
   static constexpr int kDqHalf = kBlockM * kDqChunk / 2;
 
-  // Whole warp calls (named barriers); lane 0 issues.
+  // Whole warp calls (named barriers); lane 0 issues. With two staging
+  // buffers two writer warps share the steps (kWriters: writer w takes the
+  // query blocks m_lo + w, m_lo + w + 2, ...), so one's wait for its turn,
+  // for the reduce to complete and for its fence overlaps the other's step.
+  static constexpr int kWriters = kBwdDqRed<Traits> ? 1 : Traits::kDqBufs;
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss, int n_block,
-                                             int bh, int m_lo, int m_hi, int lane) {
+                                             int bh, int m_lo, int m_hi, int lane,
+                                             int writer) {
     using cutlass::arch::NamedBarrier;
     constexpr bool kRed = kBwdDqRed<Traits>;  // the consumers add (d256)
     if (m_hi <= m_lo || (kRed && !p.deterministic)) return;
     uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
-    if constexpr (!kRed) {
-      // Both halves start free: one arrival ahead of the consumers' first wait.
+    if constexpr (!kRed && Traits::kDqBufs == 1) {
+      // The one buffer starts free: one arrival ahead of the consumers' first wait.
       NamedBarrier::arrive(kBwdDqBarThreads, empty);
       NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
     }
 #pragma unroll 1
-    for (int m = m_lo; m < m_hi; ++m) {
+    for (int m = m_lo + writer; m < m_hi; m += kWriters) {
       float* dq_blk = bwd_dq_block<Traits, kVarlen>(p, ss, bh, m);
       int* sem = p.deterministic ? p.sem_dq + (dq_blk - p.dq_accum) / (kBlockM * D) : nullptr;
       if (sem != nullptr && lane == 0) {
@@ -187,25 +204,40 @@ struct BwdDqWriter {
         __syncwarp();
         for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
         for (int w = 0; w < 2; ++w) NamedBarrier::sync(kBwdDqBarThreads, full + w);
-      } else {
-#pragma unroll 1
-        for (int ch = 0; ch < kDqChunks; ++ch) {
-          for (int w = 0; w < 2; ++w) {
-            NamedBarrier::sync(kBwdDqBarThreads, full + w);
-            if (lane == 0) {
-              bulk_reduce_add_f32(dq_blk + ch * (kBlockM * kDqChunk) + w * kDqHalf,
-                                  ss.smem_dq.data() + w * kDqHalf,
-                                  uint32_t(kDqHalf * sizeof(float)));
-              tma_store_arrive();
-            }
-          }
-          if (lane == 0) tma_store_wait<0>();  // smem_dq read
-          __syncwarp();
-          if (m + 1 < m_hi || ch + 1 < kDqChunks) {  // no consumer waits after the last
-            NamedBarrier::arrive(kBwdDqBarThreads, empty);
-            NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+      } else if constexpr (Traits::kDqBufs == 1) {
+        for (int w = 0; w < 2; ++w) {
+          NamedBarrier::sync(kBwdDqBarThreads, full + w);
+          if (lane == 0) {
+            bulk_reduce_add_f32(dq_blk + w * kDqHalf, ss.smem_dq.data() + w * kDqHalf,
+                                uint32_t(kDqHalf * sizeof(float)));
+            tma_store_arrive();
           }
         }
+        if (lane == 0) tma_store_wait<0>();  // smem_dq read
+        __syncwarp();
+        if (m + 1 < m_hi) {  // no consumer waits after the last
+          NamedBarrier::arrive(kBwdDqBarThreads, empty);
+          NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+        }
+      } else {
+        // Buffer (m - m_lo) % 2, taken by this writer every other step.
+        int const i = m - m_lo, b = i % Traits::kDqBufs;
+        uint32_t const phase = uint32_t(i / Traits::kDqBufs) & 1;
+        float const* src = ss.smem_dq.data() + b * (2 * kDqHalf);
+        for (int w = 0; w < 2; ++w) {
+          ss.dq_full[b][w].wait(phase);
+          if (lane == 0) {
+            bulk_reduce_add_f32(dq_blk + w * kDqHalf, src + w * kDqHalf,
+                                uint32_t(kDqHalf * sizeof(float)));
+            tma_store_arrive();
+          }
+        }
+        if (lane == 0) {
+          tma_store_wait<0>();  // smem_dq read
+          ss.dq_empty[b][0].arrive();
+          ss.dq_empty[b][1].arrive();
+        }
+        __syncwarp();
       }
       if (sem != nullptr && lane == 0) {
         // kRed: the barrier, then this fence, publish the consumers' adds.

@@ -225,7 +225,7 @@ struct BwdConsumer {
 
       bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid,
                          kBwdDqRed<Traits> ? bwd_dq_block<Traits, kVarlen>(p, ss, bh, m) : nullptr,
-                         p.deterministic);
+                         p.deterministic, m - m_lo);
       warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);
@@ -266,6 +266,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
     ss.barrier_kv.init(1);
+    if constexpr (!kBwdDqRed<Traits> && Traits::kDqBufs == 2) {
+      for (int b = 0; b < Traits::kDqBufs; ++b) {
+        for (int w = 0; w < 2; ++w) {
+          ss.dq_full[b][w].init(4);  // one arrival per consumer warp
+          ss.dq_empty[b][w].init(1);
+        }
+      }
+    }
     if constexpr (kVarlen) ss.seq = sq;
   }
   typename Pipeline::Params pp;
@@ -286,9 +294,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     if (warp_idx == 0) {
       BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, sq, m_lo, m_hi,
                                lane == 0);
-    } else if (warp_idx == 1) {
+    } else if (warp_idx <= BwdDqWriter<Traits, kVarlen>::kWriters) {
       BwdDqWriter<Traits, kVarlen>::run(p, ss, n_block, batch * p.num_heads + head, m_lo, m_hi,
-                                        lane);
+                                        lane, warp_idx - 1);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

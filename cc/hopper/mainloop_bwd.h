@@ -118,6 +118,16 @@ struct BwdTraits {
   // buffer (bwd_dq.h) is what still fits next to its 208 KB of tiles.
   static constexpr int kDqChunks = D == 256 ? 4 : 1;
   static constexpr int kDqChunk = D / kDqChunks;
+  // One-chunk dQ staging buffers (epilogue_bwd.h): two where they fit
+  // (d96, d128; not beside d64's 128-row tiles or d192's), each with its own
+  // writer warp. Deterministic mode needs them: one writer's wait for its
+  // turn, its reduce's completion and the fence before it signals took
+  // about a whole step, and the consumers stood 32 % of their time at the
+  // one buffer (ncu, d128 16k; 4 % by default). H100 harness, d128: the
+  // deterministic mode 1.14-1.23x faster (0.96-1.0x the default), the
+  // default 0.96-0.98x (two buffers with one writer: deterministic only
+  // 1.09-1.13x). d64's deterministic mode costs nothing measurable.
+  static constexpr int kDqBufs = kDqChunks == 1 && D > 64 && D <= 128 ? 2 : 1;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
                            GMMA::Major::K, GMMA::Major::MN>(),
@@ -162,14 +172,19 @@ struct BwdTraits {
     // Swapped, P stays in registers: no buffer.
     alignas(1024) cute::array_aligned<Element, kSwapSdP ? 8 : cosize_v<SmemLayoutP>, 1024> smem_p;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
-    // One dQ chunk in fragment order, the source of the bulk reduce-add.
-    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk, 128> smem_dq;
+    // kDqBufs dQ chunks in fragment order, the sources of the bulk reduce-adds.
+    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk * kDqBufs, 128> smem_dq;
     // Swapped: lse2 / dPsum of each stage's query rows, loaded with Q / dO.
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_lse2;
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_dpsum;
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
+    // The staged dQ hand-off with two buffers, per buffer and consumer
+    // warpgroup: full counts the warpgroup's 4 warps, empty its writer.
+    // (One buffer hands off through named barriers, BwdBarrier.)
+    cutlass::arch::ClusterBarrier dq_full[kDqBufs][2];
+    cutlass::arch::ClusterBarrier dq_empty[kDqBufs][2];
     // Varlen: the CTA's BwdSeq. The consumers read it from here at each use
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
@@ -208,8 +223,11 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // split D, all consumers: the previous step's GEMMs no longer read sP/sdS
   kDsFull = 1,    // all consumers: sdS written; after the loop, the GQA semaphore hand-off
   kPFull = 2,     // its columns of sP written: one warpgroup (+ its index) when kPLocal, else all
-  kDqEmpty = 4,   // (+ warpgroup) dQ writer -> consumer warpgroup: its half of smem_dq read
-  kDqFull = 6,    // (+ warpgroup) consumer warpgroup -> dQ writer: its half written
+  // The dQ hand-off with one staging buffer (d64, d192), and d256's
+  // deterministic turn (its consumers add dQ themselves). Two buffers (d96,
+  // d128) use SharedStorage's dq_full / dq_empty instead.
+  kDqEmpty = 4,   // (+ warpgroup) dQ writer -> consumer warpgroup: half read / your turn
+  kDqFull = 6,    // (+ warpgroup) consumer warpgroup -> dQ writer: half written / added
 };
 // A consumer warpgroup and the dQ writer warp (epilogue_bwd.h).
 constexpr int kBwdDqBarThreads = 128 + 32;
