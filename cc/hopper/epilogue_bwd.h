@@ -134,20 +134,20 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
       if (det && ch + 1 == kDqChunks) {
         cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
       }
-    } else if constexpr (Traits::kDqBufs == 1) {
+    } else if (Traits::kDqBufs == 1 || !det) {
       // One buffer: the writer's previous bulk reduce has read this half.
       cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
       dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + wg * kDqHalf, wg_tid);
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
     } else {
-      // Two buffers (one chunk): buffer step % 2, once its writer's reduce
-      // of its previous use has read it (the first use passes at once: the
-      // wait is for the phase before the barrier's first).
-      int const b = step % Traits::kDqBufs;
-      uint32_t const use = uint32_t(step / Traits::kDqBufs);
+      // Deterministic, two buffers (one chunk): buffer step % 2, once its
+      // writer's reduce of its previous use has read it (the first use
+      // passes at once: the wait is for the phase before the barrier's first).
+      int const b = step % 2;
+      uint32_t const use = uint32_t(step / 2);
       ss.dq_empty[b][wg].wait((use & 1) ^ 1);
-      dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + b * (2 * kDqHalf) + wg * kDqHalf, wg_tid);
+      dq_frag_store<128>(tdQrdQ, ss.dq_buf(b) + wg * kDqHalf, wg_tid);
       cutlass::arch::fence_view_async_shared();
       __syncwarp();  // the warp's stores and fences, then one arrival per warp
       if (wg_tid % 32 == 0) ss.dq_full[b][wg].arrive();
@@ -172,10 +172,11 @@ struct BwdDqWriter {
   static constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
   static constexpr int kDqHalf = kBlockM * kDqChunk / 2;
 
-  // Whole warp calls (named barriers); lane 0 issues. With two staging
-  // buffers two writer warps share the steps (kWriters: writer w takes the
-  // query blocks m_lo + w, m_lo + w + 2, ...), so one's wait for its turn,
-  // for the reduce to complete and for its fence overlaps the other's step.
+  // Whole warp calls (named barriers); lane 0 issues. Deterministic, with
+  // two staging buffers, two writer warps share the steps (writer w takes
+  // the query blocks m_lo + w, m_lo + w + 2, ...), so one's wait for its
+  // turn, for the reduce to complete and for its fence overlaps the other's
+  // step. kWriters: the most writer warps a configuration runs.
   static constexpr int kWriters = kBwdDqRed<Traits> ? 1 : Traits::kDqBufs;
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss, int n_block,
@@ -185,13 +186,16 @@ struct BwdDqWriter {
     constexpr bool kRed = kBwdDqRed<Traits>;  // the consumers add (d256)
     if (m_hi <= m_lo || (kRed && !p.deterministic)) return;
     uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
-    if constexpr (!kRed && Traits::kDqBufs == 1) {
+    bool const two = !kRed && Traits::kDqBufs == 2 && p.deterministic;  // bwd_dq_out's choice
+    int const writers = two ? 2 : 1;
+    if (writer >= writers) return;
+    if (!kRed && !two) {
       // The one buffer starts free: one arrival ahead of the consumers' first wait.
       NamedBarrier::arrive(kBwdDqBarThreads, empty);
       NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
     }
 #pragma unroll 1
-    for (int m = m_lo + writer; m < m_hi; m += kWriters) {
+    for (int m = m_lo + writer; m < m_hi; m += writers) {
       float* dq_blk = bwd_dq_block<Traits, kVarlen>(p, ss, bh, m);
       int* sem = p.deterministic ? p.sem_dq + (dq_blk - p.dq_accum) / (kBlockM * D) : nullptr;
       if (sem != nullptr && lane == 0) {
@@ -204,7 +208,7 @@ struct BwdDqWriter {
         __syncwarp();
         for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
         for (int w = 0; w < 2; ++w) NamedBarrier::sync(kBwdDqBarThreads, full + w);
-      } else if constexpr (Traits::kDqBufs == 1) {
+      } else if (!two) {
         for (int w = 0; w < 2; ++w) {
           NamedBarrier::sync(kBwdDqBarThreads, full + w);
           if (lane == 0) {
@@ -221,9 +225,9 @@ struct BwdDqWriter {
         }
       } else {
         // Buffer (m - m_lo) % 2, taken by this writer every other step.
-        int const i = m - m_lo, b = i % Traits::kDqBufs;
-        uint32_t const phase = uint32_t(i / Traits::kDqBufs) & 1;
-        float const* src = ss.smem_dq.data() + b * (2 * kDqHalf);
+        int const i = m - m_lo, b = i % 2;
+        uint32_t const phase = uint32_t(i / 2) & 1;
+        float const* src = ss.dq_buf(b);
         for (int w = 0; w < 2; ++w) {
           ss.dq_full[b][w].wait(phase);
           if (lane == 0) {

@@ -118,15 +118,15 @@ struct BwdTraits {
   // buffer (bwd_dq.h) is what still fits next to its 208 KB of tiles.
   static constexpr int kDqChunks = D == 256 ? 4 : 1;
   static constexpr int kDqChunk = D / kDqChunks;
-  // One-chunk dQ staging buffers (epilogue_bwd.h): two where they fit
-  // (d96, d128; not beside d64's 128-row tiles or d192's), each with its own
-  // writer warp. Deterministic mode needs them: one writer's wait for its
-  // turn, its reduce's completion and the fence before it signals took
-  // about a whole step, and the consumers stood 32 % of their time at the
-  // one buffer (ncu, d128 16k; 4 % by default). H100 harness, d128: the
-  // deterministic mode 1.14-1.23x faster (0.96-1.0x the default), the
-  // default 0.96-0.98x (two buffers with one writer: deterministic only
-  // 1.09-1.13x). d64's deterministic mode costs nothing measurable.
+  // One-chunk dQ staging buffers (epilogue_bwd.h) for the deterministic
+  // mode: two where they fit (d96, d128; not beside d64's 128-row tiles or
+  // d192's), each with its own writer warp. One writer's wait for its turn,
+  // its reduce's completion and the fence before it signals took about a
+  // whole step, and the consumers stood 32 % of their time at the one
+  // buffer (ncu, d128 16k; 4 % by default). H100 harness, d128: the
+  // deterministic mode 1.15-1.24x faster (0.94-1.0x the default). The
+  // default mode keeps one buffer and one writer (launch_bwd.h): with two it
+  // ran 0.96-0.98x. d64's deterministic mode costs nothing measurable.
   static constexpr int kDqBufs = kDqChunks == 1 && D > 64 && D <= 128 ? 2 : 1;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
@@ -172,8 +172,9 @@ struct BwdTraits {
     // Swapped, P stays in registers: no buffer.
     alignas(1024) cute::array_aligned<Element, kSwapSdP ? 8 : cosize_v<SmemLayoutP>, 1024> smem_p;
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
-    // kDqBufs dQ chunks in fragment order, the sources of the bulk reduce-adds.
-    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk * kDqBufs, 128> smem_dq;
+    // A dQ chunk in fragment order, the source of the bulk reduce-adds (the
+    // second buffer, smem_dq2, comes last).
+    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk, 128> smem_dq;
     // Swapped: lse2 / dPsum of each stage's query rows, loaded with Q / dO.
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_lse2;
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_dpsum;
@@ -189,6 +190,10 @@ struct BwdTraits {
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
     BwdSeq seq;
+    // The second dQ buffer (kDqBufs 2), last so that the default mode, which
+    // stages in smem_dq alone, launches without it (kSmemBytesOneBuf).
+    alignas(128) cute::array_aligned<float, kDqBufs == 2 ? kBlockM * kDqChunk : 4, 128> smem_dq2;
+    CUTE_DEVICE float* dq_buf(int b) { return b == 0 ? smem_dq.data() : smem_dq2.data(); }
 
     // Tensor views of the tiles; the ..t ones read the same bytes transposed.
     CUTE_DEVICE auto q() { return make_tensor(make_smem_ptr(smem_q.data()), SmemLayoutQ{}); }
@@ -205,6 +210,9 @@ struct BwdTraits {
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 232448, "bwd tile does not fit in shared memory");
+  // Everything but smem_dq2: the last member, so this covers all the others.
+  static constexpr int kSmemBytesOneBuf =
+      kDqBufs == 2 ? kSmemBytes - int(sizeof(SharedStorage::smem_dq2)) : kSmemBytes;
 
   using GmemStride = cute::Stride<int64_t, _1, int64_t, int64_t>;
   using GmemLayout = cute::Layout<cute::Shape<int32_t, int32_t, int32_t, int32_t>, GmemStride>;
@@ -223,9 +231,10 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // split D, all consumers: the previous step's GEMMs no longer read sP/sdS
   kDsFull = 1,    // all consumers: sdS written; after the loop, the GQA semaphore hand-off
   kPFull = 2,     // its columns of sP written: one warpgroup (+ its index) when kPLocal, else all
-  // The dQ hand-off with one staging buffer (d64, d192), and d256's
-  // deterministic turn (its consumers add dQ themselves). Two buffers (d96,
-  // d128) use SharedStorage's dq_full / dq_empty instead.
+  // The dQ hand-off with one staging buffer (d64, d192; d96 / d128 by
+  // default), and d256's deterministic turn (its consumers add dQ
+  // themselves). Two buffers (d96 / d128 deterministic) use
+  // SharedStorage's dq_full / dq_empty instead.
   kDqEmpty = 4,   // (+ warpgroup) dQ writer -> consumer warpgroup: half read / your turn
   kDqFull = 6,    // (+ warpgroup) consumer warpgroup -> dQ writer: half written / added
 };
