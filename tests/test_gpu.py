@@ -58,9 +58,10 @@ def test_forward_lengths(rng, sq, sk, causal):
 @pytest.mark.parametrize("sq,sk", [(300, 8200), (129, 16384)])
 @pytest.mark.parametrize("softcap", [0.0, 30.0])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_forward_wide_key_block(rng, sq, sk, softcap, dtype):
+def test_forward_wide_key_block(rng, monkeypatch, sq, sk, softcap, dtype):
   # d=128 without a mask and seqlen_k >= 8k takes the 176-wide key block
   # (cc/hopper/launch_fwd.h): its last block is partial at both lengths.
+  monkeypatch.delenv("JAX_FA3_FWD_WIDE", raising=False)
   q, k, v = make_qkv(rng, 1, sq, sk, 4, 2, 128, dtype)
   out, lse = jax.jit(lambda a, b, c: jax_fa3.attention(a, b, c, softcap=softcap,
                                                        return_lse=True))(*map(_gpu, (q, k, v)))

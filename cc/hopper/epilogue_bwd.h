@@ -102,9 +102,9 @@ constexpr bool kBwdDqRed = Traits::kDqChunks > 1;
 
 // dQ of query block m, consumer side: called right after dQ (its first
 // chunk) and then dK were issued, with dV issued before them. Each
-// warpgroup writes its accumulator half to smem_dq in fragment order
-// (bwd_dq.h) and hands it to the dQ writer warp (BwdDqWriter), while dK
-// runs; further chunks (d256) are issued here. kBwdDqRed: dq_red is the
+// warpgroup writes its accumulator half to a staging buffer (smem_dq, or
+// deterministic d96/d128 alternately smem_dq2) in fragment order (bwd_dq.h)
+// and hands it to a dQ writer warp (BwdDqWriter), while dK runs; further chunks (d256) are issued here. kBwdDqRed: dq_red is the
 // block's accumulator, to add the chunks into directly instead (det: in the
 // writer's turn).
 // `step` counts this CTA's query blocks from 0 (the staging buffer's turn).
@@ -156,9 +156,10 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
 }
 
 // The dQ writer: warp 1 of the producer warpgroup (as in FA3), and warp 2
-// with two staging buffers. For each
-// query block and chunk it takes the two warpgroups' halves from smem_dq and
-// issues one bulk reduce-add each into the fp32 accumulator. Deterministic:
+// with two staging buffers. For each query block (d <= 192: one chunk) it
+// takes the two warpgroups' halves from the staging buffer and issues one
+// bulk reduce-add each into the fp32 accumulator; d256's consumers add their
+// chunks themselves and the writer only keeps the deterministic order. Deterministic:
 // the adds into one query block go in descending n_block order (bwd_kernel
 // says why): before its first add the writer waits until every higher key
 // block that touches the block has added (2 per CTA, one per half), and

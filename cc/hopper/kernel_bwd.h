@@ -5,7 +5,9 @@
 //                  2-stage PipelineTmaAsync rings (with lse2/dPsum when the
 //                  scores are transposed). Warp 1 is the dQ writer
 //                  (epilogue_bwd.h BwdDqWriter): bulk reduce-adds of the
-//                  consumers' dQ partials, and the deterministic ordering.
+//                  consumers' dQ partials, and the deterministic ordering;
+//                  warp 2 a second one (deterministic d96/d128, two dQ
+//                  staging buffers).
 //   warpgroups 1-2: consumers. Per query block:
 //                  S = Q K^T, dP = dO V^T                    (WGMMA ss)
 //                  P = exp2(S*scale_log2 - lse2)  (softcap: S capped first)

@@ -161,7 +161,7 @@ bool varlen_plain_rr() { return env_on("JAX_FA3_VARLEN_PLAIN_RR"); }
 
 int fwd_wide_override() {
   const char* e = std::getenv("JAX_FA3_FWD_WIDE");
-  if (e == nullptr || e[0] == '\0') return -1;
+  if (e == nullptr || (e[0] != '0' && e[0] != '1') || e[1] != '\0') return -1;
   return e[0] == '1' ? 1 : 0;
 }
 

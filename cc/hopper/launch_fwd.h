@@ -37,7 +37,8 @@ bool varlen_plain_rr();
 bool fwd_grid_per_tile();
 
 // JAX_FA3_FWD_WIDE=1 / 0: the wide d=128 key block (launch_fwd) for every
-// unmasked dense call / for none, instead of by seqlen_k; -1 when unset.
+// unmasked dense call / for none, instead of by seqlen_k; -1 when unset or
+// any other value.
 // For A/B runs and to sweep the wide kernel over short sequences.
 int fwd_wide_override();
 
@@ -133,6 +134,9 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
   } else if (varlen) {
     return "jax_fa3 hopper fwd: no varlen kernel for this tile configuration";
   }
+  if (Traits::kUnmasked && (local || a.causal)) {  // launch_fwd picks it without a mask only
+    return "jax_fa3 hopper fwd: the unmasked tile got a causal or windowed call";
+  }
   constexpr int smem = Traits::kSmemBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) {
@@ -152,6 +156,8 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
 // Picks the tile configuration. d=64 without causal / window uses 3
 // consumer warpgroups (192-row tiles); with a mask the larger diagonal tiles
 // waste more work than the extra warpgroup gains (see kernel_traits.h).
+// d=128 without causal / window / varlen uses the 176-wide key block for
+// long keys (below).
 template <int D, class Element>
 std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
   if constexpr (D == 64) {
@@ -161,14 +167,17 @@ std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
     if (!masked && !a.is_varlen) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
   }
   if constexpr (D == 128) {
-    // The wide key block (kernel_traits.h) only where its padded last block
-    // wastes at most ~1.5 % more keys than 128's: from 8k on.
+    // The wide key block (kernel_traits.h) where it was measured faster,
+    // seqlen_k >= 8k, unless its padded last block wastes more than ~1.5 %
+    // more keys than 128's (e.g. 8273-8320). Shorter lengths keep 128 (at
+    // 2k the wide block ran 0.98x); they were not timed at other lengths.
     constexpr int64_t kWide = kD128WideBlockN;
     bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
     int64_t const pad_wide = (a.seqlen_k + kWide - 1) / kWide * kWide;
     int64_t const pad_128 = (a.seqlen_k + 127) / 128 * 128;
     int const force = fwd_wide_override();
-    bool const wide = force >= 0 ? force == 1 : pad_wide * 1000 <= pad_128 * 1015;
+    bool const wide = force >= 0 ? force == 1
+                                 : a.seqlen_k >= 8192 && pad_wide * 1000 <= pad_128 * 1015;
     if (!masked && !a.is_varlen && wide) {
       return launch_fwd_impl<FwdTraits<128, Element, 2, kWide>>(a, stream);
     }

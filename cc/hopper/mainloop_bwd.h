@@ -124,9 +124,10 @@ struct BwdTraits {
   // its reduce's completion and the fence before it signals took about a
   // whole step, and the consumers stood 32 % of their time at the one
   // buffer (ncu, d128 16k; 4 % by default). H100 harness, d128: the
-  // deterministic mode 1.15-1.24x faster (0.94-1.0x the default). The
-  // default mode keeps one buffer and one writer (launch_bwd.h): with two it
-  // ran 0.96-0.98x. d64's deterministic mode costs nothing measurable.
+  // deterministic mode 1.15-1.24x faster, 0.87-0.97x the default (16k:
+  // 0.97 non-causal, 0.92 causal; was 0.76-0.79). The default mode keeps
+  // one buffer and one writer (launch_bwd.h): with two it ran 0.96-0.98x.
+  // d64's deterministic mode runs 0.83-1.0x its default with one buffer.
   static constexpr int kDqBufs = kDqChunks == 1 && D > 64 && D <= 128 ? 2 : 1;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
@@ -210,7 +211,8 @@ struct BwdTraits {
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 232448, "bwd tile does not fit in shared memory");
-  // Everything but smem_dq2: the last member, so this covers all the others.
+  // Everything but smem_dq2: the last member, so this covers all the others
+  // (sizeof rounds the struct up to its 1024-byte alignment: a little slack).
   static constexpr int kSmemBytesOneBuf =
       kDqBufs == 2 ? kSmemBytes - int(sizeof(SharedStorage::smem_dq2)) : kSmemBytes;
 
