@@ -100,12 +100,22 @@ __device__ __forceinline__ float* bwd_dq_block(BwdKernelParams<Traits> const& p,
 template <class Traits>
 constexpr bool kBwdDqRed = Traits::kDqChunks > 1;
 
+// Whether dQ is staged in two buffers with two writer warps: the
+// deterministic mode where they fit (BwdTraits::kDqBufs; never with
+// kBwdDqRed, whose one chunk buffer does not exist). The consumers, the
+// writers and the launcher's smem size (launch_bwd.h) follow this one choice.
+template <class Traits>
+__host__ __device__ __forceinline__ constexpr bool bwd_dq_two_bufs(bool det) {
+  return Traits::kDqBufs == 2 && det;
+}
+
 // dQ of query block m, consumer side: called right after dQ (its first
 // chunk) and then dK were issued, with dV issued before them. Each
 // warpgroup writes its accumulator half to a staging buffer (smem_dq, or
-// deterministic d96/d128 alternately smem_dq2) in fragment order (bwd_dq.h)
-// and hands it to a dQ writer warp (BwdDqWriter), while dK runs; further chunks (d256) are issued here. kBwdDqRed: dq_red is the
-// block's accumulator, to add the chunks into directly instead (det: in the
+// with bwd_dq_two_bufs alternately smem_dq2) in fragment order (bwd_dq.h)
+// and hands it to a dQ writer warp (BwdDqWriter), while dK runs; further
+// chunks (d256) are issued here. kBwdDqRed: dq_red is the block's
+// accumulator, to add the chunks into directly instead (det: in the
 // writer's turn).
 // `step` counts this CTA's query blocks from 0 (the staging buffer's turn).
 template <class Traits, class MmaDq, class TA, class TB, class TC>
@@ -134,7 +144,7 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
       if (det && ch + 1 == kDqChunks) {
         cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
       }
-    } else if (Traits::kDqBufs == 1 || !det) {
+    } else if (!bwd_dq_two_bufs<Traits>(det)) {
       // One buffer: the writer's previous bulk reduce has read this half.
       cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
       dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + wg * kDqHalf, wg_tid);
@@ -159,11 +169,12 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
 // with two staging buffers. For each query block (d <= 192: one chunk) it
 // takes the two warpgroups' halves from the staging buffer and issues one
 // bulk reduce-add each into the fp32 accumulator; d256's consumers add their
-// chunks themselves and the writer only keeps the deterministic order. Deterministic:
-// the adds into one query block go in descending n_block order (bwd_kernel
-// says why): before its first add the writer waits until every higher key
-// block that touches the block has added (2 per CTA, one per half), and
-// after its last it waits for its adds to be complete and counts them.
+// chunks themselves and the writer only keeps the deterministic order.
+// Deterministic: the adds into one query block go in descending n_block
+// order (bwd_kernel says why): before its first add the writer waits until
+// every higher key block that touches the block has added (2 per CTA, one
+// per half), and after its last it waits for its adds to be complete and
+// counts them.
 // Waiting here, off the consumers' path, is what keeps the deterministic
 // mode's hand-off latency out of every step (the consumers waited for it
 // themselves before, 35-40 % slower at d128).
@@ -187,7 +198,7 @@ struct BwdDqWriter {
     constexpr bool kRed = kBwdDqRed<Traits>;  // the consumers add (d256)
     if (m_hi <= m_lo || (kRed && !p.deterministic)) return;
     uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
-    bool const two = !kRed && Traits::kDqBufs == 2 && p.deterministic;  // bwd_dq_out's choice
+    bool const two = bwd_dq_two_bufs<Traits>(p.deterministic);
     int const writers = two ? 2 : 1;
     if (writer >= writers) return;
     if (!kRed && !two) {

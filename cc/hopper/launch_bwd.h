@@ -196,7 +196,8 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   // The default mode stages dQ in one buffer and launches without the
   // second (the last member): with both allocated and used it ran 0.96-0.98x
   // (H100 harness, d128), this way 1.00-1.01x the one-buffer kernel.
-  int const smem_launch = a.deterministic ? smem : Traits::kSmemBytesOneBuf;
+  int const smem_launch =
+      bwd_dq_two_bufs<Traits>(a.deterministic) ? smem : Traits::kSmemBytesOneBuf;
   kernel<<<grid, Traits::kNumThreads, smem_launch, stream>>>(kp);
   err = cudaGetLastError();
   if (err != cudaSuccess) {

@@ -160,8 +160,8 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
 // long keys (below).
 template <int D, class Element>
 std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
+  bool const masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
   if constexpr (D == 64) {
-    bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
     // Varlen stays on 2 warpgroups: with 3 the producer's 32 registers do
     // not hold the varlen tile walk (88 bytes of spills).
     if (!masked && !a.is_varlen) return launch_fwd_impl<FwdTraits<64, Element, 3>>(a, stream);
@@ -172,7 +172,6 @@ std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
     // more keys than 128's (e.g. 8273-8320). Shorter lengths keep 128 (at
     // 2k the wide block ran 0.98x); they were not timed at other lengths.
     constexpr int64_t kWide = kD128WideBlockN;
-    bool masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
     int64_t const pad_wide = (a.seqlen_k + kWide - 1) / kWide * kWide;
     int64_t const pad_128 = (a.seqlen_k + 127) / 128 * 128;
     int const force = fwd_wide_override();
