@@ -217,14 +217,16 @@ struct BwdDqWriter {
     };
     // Lane 0, kRed: whether the next step's turn was already seen. The
     // semaphore is read once ahead, while the consumers add this step's dQ,
-    // so that a turn that is already there costs no load round trip after
-    // this step's signal. Without the wait at all (a non-deterministic A/B
-    // build) d256 ran 1.10-1.21x faster; with this read ahead, 1.00-1.12x
-    // (H100 harness, the most at 8k/16k). The staging writers
+    // so that a turn that is already there costs no load round trip, and is
+    // granted before this step's fence and signal. Without the wait at all
+    // (a non-deterministic A/B build) d256 ran 1.10-1.21x faster; the read
+    // ahead gave 1.00-1.12x and the early grant 0.98-1.12x on top (H100
+    // harness: the most at 8k/16k; 2k non-causal lost 2 %). The staging writers
     // (d <= 192) read ahead before their reduce's completion wait measured
     // 0.89-1.04x at d192 and 0.97x at d128 2k, and one deterministic d128
     // bench hung (not understood): they keep the plain wait.
     bool next_ok = false;
+    bool granted = false;  // kRed: the turn of this step was granted at the end of the last
     auto probe_next = [&](int m) {
       if (m + writers < m_hi) {
         int target;
@@ -247,10 +249,22 @@ struct BwdDqWriter {
       }
       if constexpr (kRed) {  // deterministic: the consumers' turn, then their adds
         __syncwarp();
-        for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
+        if (!granted) {
+          for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
+        }
+        granted = false;
         if (sem != nullptr) probe_next(m);  // lane 0
         __syncwarp();
         for (int w = 0; w < 2; ++w) NamedBarrier::sync(kBwdDqBarThreads, full + w);
+        // The next turn already seen: grant it now, before this step's fence
+        // and signal below, so the consumers' next adds overlap them. (Their
+        // order in the next block is settled by its semaphore alone; the
+        // fence still follows every add of this step, seen through the
+        // barrier.)
+        if (__shfl_sync(0xffffffffu, next_ok ? 1 : 0, 0)) {
+          for (int w = 0; w < 2; ++w) NamedBarrier::arrive(kBwdDqBarThreads, empty + w);
+          granted = true;
+        }
       } else if (!two) {
         for (int w = 0; w < 2; ++w) {
           NamedBarrier::sync(kBwdDqBarThreads, full + w);
