@@ -95,6 +95,8 @@ __device__ __forceinline__ float* bwd_dq_block(BwdKernelParams<Traits> const& p,
 // keeps the order: it waits for the block's turn (the semaphore), lets the
 // consumers add (kDqEmpty), and signals the next key block once they are
 // done (kDqFull, then its fence covers their adds, as in a grid sync).
+// A next turn it has already seen it grants before that fence
+// (BwdDqWriter).
 // (At d64 / d128, one chunk, the reductions measured +1 % / -7 % default
 // and -4 % / +1 % deterministic on the H100: the staging stays there.)
 template <class Traits>
@@ -221,7 +223,7 @@ struct BwdDqWriter {
     // granted before this step's fence and signal. Without the wait at all
     // (a non-deterministic A/B build) d256 ran 1.10-1.21x faster; the read
     // ahead gave 1.00-1.12x and the early grant 0.98-1.12x on top (H100
-    // harness: the most at 8k/16k; 2k non-causal lost 2 %). The staging writers
+    // harness: the most at 8k/16k; 2k lost 1-2 %). The staging writers
     // (d <= 192) read ahead before their reduce's completion wait measured
     // 0.89-1.04x at d192 and 0.97x at d128 2k, and one deterministic d128
     // bench hung (not understood): they keep the plain wait.
