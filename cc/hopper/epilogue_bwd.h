@@ -208,14 +208,14 @@ struct BwdDqWriter {
       NamedBarrier::arrive(kBwdDqBarThreads, empty);
       NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
     }
-    // Deterministic: query block mm's semaphore, and the count that means
-    // every higher key block touching mm has added (2 per block, one per half).
-    auto turn = [&](int mm, int* target) {
+    // Deterministic: the semaphore of the query block whose accumulator is
+    // blk, and the count that means every higher key block touching query
+    // block mm has added (2 per block, one per half).
+    auto sem_of = [&](float const* blk) { return p.sem_dq + (blk - p.dq_accum) / (kBlockM * D); };
+    auto target_of = [&](int mm) {
       int nmin, nmax;
       bwd_cta_mask<kVarlen>(p, ss).template block_range<kBlockM, kBlockN>(mm, &nmin, &nmax);
-      *target = 2 * (nmax - 1 - n_block);
-      float* blk = bwd_dq_block<Traits, kVarlen>(p, ss, bh, mm);
-      return p.sem_dq + (blk - p.dq_accum) / (kBlockM * D);
+      return 2 * (nmax - 1 - n_block);
     };
     // Lane 0, kRed: whether the next step's turn was already seen. The
     // semaphore is read once ahead, while the consumers add this step's dQ,
@@ -230,10 +230,10 @@ struct BwdDqWriter {
     bool next_ok = false;
     bool granted = false;  // kRed: the turn of this step was granted at the end of the last
     auto probe_next = [&](int m) {
-      if (m + writers < m_hi) {
-        int target;
-        int const* sem = turn(m + writers, &target);
-        next_ok = bwd_ld_acquire(sem) >= target;
+      int const mn = m + writers;
+      if (mn < m_hi) {
+        next_ok = bwd_ld_acquire(sem_of(bwd_dq_block<Traits, kVarlen>(p, ss, bh, mn))) >=
+                  target_of(mn);
       }
     };
 #pragma unroll 1
@@ -241,9 +241,9 @@ struct BwdDqWriter {
       float* dq_blk = bwd_dq_block<Traits, kVarlen>(p, ss, bh, m);
       int* sem = nullptr;
       if (p.deterministic && lane == 0) {
-        int target;
-        sem = turn(m, &target);
+        sem = sem_of(dq_blk);
         if (!next_ok) {
+          int const target = target_of(m);
           while (bwd_ld_acquire(sem) < target) {
           }
         }
