@@ -102,13 +102,28 @@ __device__ __forceinline__ float* bwd_dq_block(BwdKernelParams<Traits> const& p,
 template <class Traits>
 constexpr bool kBwdDqRed = Traits::kDqChunks > 1;
 
-// Whether dQ is staged in two buffers with two writer warps: the
-// deterministic mode where they fit (BwdTraits::kDqBufs; never with
-// kBwdDqRed, whose one chunk buffer does not exist). The consumers, the
-// writers and the launcher's smem size (launch_bwd.h) follow this one choice.
+// Whether dQ is staged in two buffers: the deterministic mode where they
+// fit (BwdTraits::kDqBufs; never with kBwdDqRed, whose one chunk buffer does
+// not exist). The consumers, the writers and the launcher's smem size
+// (launch_bwd.h) follow this one choice.
 template <class Traits>
 __host__ __device__ __forceinline__ constexpr bool bwd_dq_two_bufs(bool det) {
   return Traits::kDqBufs == 2 && det;
+}
+// Whether the staged dQ goes to two writer warps, one per step parity, on
+// mbarriers (SharedStorage::dq_full / dq_empty, indexed by parity): the
+// deterministic mode of the 64-row steps, with one buffer (d192) or two
+// (d96, d128). One writer's wait for its turn, its reduce's completion and
+// its fence then overlap the other's step. With one buffer step s still
+// waits for step s - 1's writer to have read it, with two for step s - 2's.
+// d192, one buffer: 1.16-1.33x with two writers (H100 harness, session 11).
+// d64's 128-row steps are long enough for one writer (with two: 16k
+// 0.97x), which keeps the named-barrier hand-off of the default mode.
+template <class Traits>
+constexpr bool kBwdDqTwoWriters = !kBwdDqRed<Traits> && Traits::kBlockM == 64;
+template <class Traits>
+__host__ __device__ __forceinline__ constexpr bool bwd_dq_two_writers(bool det) {
+  return kBwdDqTwoWriters<Traits> && det;
 }
 
 // dQ of query block m, consumer side: called right after dQ (its first
@@ -146,23 +161,27 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
       if (det && ch + 1 == kDqChunks) {
         cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
       }
-    } else if (!bwd_dq_two_bufs<Traits>(det)) {
+    } else if (!bwd_dq_two_writers<Traits>(det)) {
       // One buffer: the writer's previous bulk reduce has read this half.
       cutlass::arch::NamedBarrier::sync(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqEmpty) + wg);
       dq_frag_store<128>(tdQrdQ, ss.smem_dq.data() + wg * kDqHalf, wg_tid);
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::arrive(kBwdDqBarThreads, uint32_t(BwdBarrier::kDqFull) + wg);
     } else {
-      // Deterministic, two buffers (one chunk): buffer step % 2, once its
-      // writer's reduce of its previous use has read it (the first use
-      // passes at once: the wait is for the phase before the barrier's first).
-      int const b = step % 2;
-      uint32_t const use = uint32_t(step / 2);
-      ss.dq_empty[b][wg].wait((use & 1) ^ 1);
-      dq_frag_store<128>(tdQrdQ, ss.dq_buf(b) + wg * kDqHalf, wg_tid);
+      // bwd_dq_two_writers: step s goes to the writer of parity s % 2.
+      // Two buffers: buffer s % 2, once its writer has read its use of step
+      // s - 2; one buffer: once the other writer has read step s - 1.
+      // dq_empty[e % 2] completes once per read of steps e % 2, e % 2 + 2,
+      // ..., so the wait is for the read of step e - 2 (e = s, or s + 1 with
+      // one buffer); the first ones pass at once: the wait is for the phase
+      // before the barrier's first.
+      bool const two_bufs = bwd_dq_two_bufs<Traits>(det);
+      int const e = two_bufs ? step : step + 1;
+      ss.dq_empty[e % 2][wg].wait(uint32_t((e / 2) & 1) ^ 1u);
+      dq_frag_store<128>(tdQrdQ, ss.dq_buf(two_bufs ? step % 2 : 0) + wg * kDqHalf, wg_tid);
       cutlass::arch::fence_view_async_shared();
       __syncwarp();  // the warp's stores and fences, then one arrival per warp
-      if (wg_tid % 32 == 0) ss.dq_full[b][wg].arrive();
+      if (wg_tid % 32 == 0) ss.dq_full[step % 2][wg].arrive();
     }
   }
 }
@@ -186,12 +205,12 @@ struct BwdDqWriter {
   static constexpr int kDqChunks = Traits::kDqChunks, kDqChunk = Traits::kDqChunk;
   static constexpr int kDqHalf = kBlockM * kDqChunk / 2;
 
-  // Whole warp calls (named barriers); lane 0 issues. Deterministic, with
-  // two staging buffers, two writer warps share the steps (writer w takes
-  // the query blocks m_lo + w, m_lo + w + 2, ...), so one's wait for its
-  // turn, for the reduce to complete and for its fence overlaps the other's
-  // step. kWriters: the most writer warps a configuration runs.
-  static constexpr int kWriters = kBwdDqRed<Traits> ? 1 : Traits::kDqBufs;
+  // Whole warp calls (named barriers); lane 0 issues. With
+  // bwd_dq_two_writers two writer warps share the steps (writer w takes the
+  // query blocks m_lo + w, m_lo + w + 2, ...), so one's wait for its turn,
+  // for the reduce to complete and for its fence overlaps the other's step.
+  // kWriters: the most writer warps a configuration runs.
+  static constexpr int kWriters = kBwdDqTwoWriters<Traits> ? 2 : 1;
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss, int n_block,
                                              int bh, int m_lo, int m_hi, int lane,
@@ -200,7 +219,7 @@ struct BwdDqWriter {
     constexpr bool kRed = kBwdDqRed<Traits>;  // the consumers add (d256)
     if (m_hi <= m_lo || (kRed && !p.deterministic)) return;
     uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
-    bool const two = bwd_dq_two_bufs<Traits>(p.deterministic);
+    bool const two = bwd_dq_two_writers<Traits>(p.deterministic);
     int const writers = two ? 2 : 1;
     if (writer >= writers) return;
     if (!kRed && !two) {
@@ -283,10 +302,10 @@ struct BwdDqWriter {
           NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
         }
       } else {
-        // Buffer (m - m_lo) % 2, taken by this writer every other step.
+        // Step i's barriers (and buffer, if two) are i % 2's: this writer's.
         int const i = m - m_lo, b = i % 2;
         uint32_t const phase = uint32_t(i / 2) & 1;
-        float const* src = ss.dq_buf(b);
+        float const* src = ss.dq_buf(bwd_dq_two_bufs<Traits>(true) ? b : 0);
         for (int w = 0; w < 2; ++w) {
           ss.dq_full[b][w].wait(phase);
           if (lane == 0) {

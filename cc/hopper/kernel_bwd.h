@@ -6,8 +6,8 @@
 //                  scores are transposed). Warp 1 is the dQ writer
 //                  (epilogue_bwd.h BwdDqWriter): bulk reduce-adds of the
 //                  consumers' dQ partials, and the deterministic ordering;
-//                  warp 2 a second one (deterministic d96/d128, two dQ
-//                  staging buffers).
+//                  warp 2 a second one (deterministic d96 / d128 /
+//                  d192: bwd_dq_two_writers).
 //   warpgroups 1-2: consumers. Per query block:
 //                  S = Q K^T, dP = dO V^T                    (WGMMA ss)
 //                  P = exp2(S*scale_log2 - lse2)  (softcap: S capped first)
@@ -250,13 +250,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int const warp_group = threadIdx.x / 128;
   int const warp_idx = cutlass::canonical_warp_idx_sync();
   int const lane = threadIdx.x % 32;
-  // Deterministic mode reverses the key-block order, both of the launch and
-  // of the dQ adds (key block n waits for blocks > n, launched before it):
-  // with causal masking, block n's first query block is then one no other
-  // key block adds to before it, so the ordered adds do not serialize the
-  // CTAs (ascending order made block n idle for ~2n steps first).
-  int const n_block = p.deterministic ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  int const head = blockIdx.y, batch = blockIdx.z;
+  int n_block, head, batch;
+  p.cta_coords(&n_block, &head, &batch);
   // Varlen: the grid covers the longest sequence; the others' surplus key
   // blocks have nothing to do (no other CTA waits on them).
   BwdSeq const sq = p.template seq<kVarlen>(batch, head);
@@ -268,8 +263,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
     ss.barrier_kv.init(1);
-    if constexpr (!kBwdDqRed<Traits> && Traits::kDqBufs == 2) {
-      for (int b = 0; b < Traits::kDqBufs; ++b) {
+    if constexpr (kBwdDqTwoWriters<Traits>) {
+      for (int b = 0; b < 2; ++b) {
         for (int w = 0; w < 2; ++w) {
           ss.dq_full[b][w].init(4);  // one arrival per consumer warp
           ss.dq_empty[b][w].init(1);

@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -104,6 +105,19 @@ std::string launch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
 
 namespace jax_fa3::hopper {
 
+// Deterministic: how many (batch, head) groups the launch interleaves
+// (BwdKernelParams::cta_coords), for a group's consecutive key blocks to
+// launch about one step apart: with every SM busy, CTAs of m_steps steps
+// launch ~m_steps / 132 steps apart (H100), so ~128 / m_steps groups
+// (2k at kBlockM 64: 4; from 8k on: 1, the group alone).
+#ifndef JAX_FA3_BWD_DET_SPAN  // build-time override for A/B experiments
+#define JAX_FA3_BWD_DET_SPAN 128
+#endif
+inline int bwd_det_groups(int m_steps, int64_t groups) {
+  int64_t g = JAX_FA3_BWD_DET_SPAN / std::max(m_steps, 1);
+  return int(std::clamp<int64_t>(g, 1, std::max<int64_t>(std::min<int64_t>(groups, 16), 1)));
+}
+
 template <class Traits>
 std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStream_t stream) {
   using Element = typename Traits::Element;
@@ -179,6 +193,10 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   int64_t const nb = vl ? a.num_seqs : a.batch;
 
   if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";
+  if (num_n * a.num_heads * nb > INT32_MAX) return "jax_fa3 hopper bwd: grid too large";
+  kp.det_groups =
+      a.deterministic ? bwd_det_groups(int((a.seqlen_q + kBlockM - 1) / kBlockM),
+                                       a.num_heads * nb) : 1;
   // Two instantiations: the dense one keeps its addressing (kernel_bwd.h).
   auto kernel = vl ? bwd_kernel<Traits, true> : bwd_kernel<Traits, false>;
   constexpr int smem = Traits::kSmemBytes;
@@ -187,11 +205,11 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
     return std::string("jax_fa3 hopper bwd: cudaFuncSetAttribute failed: ") +
            cudaGetErrorString(err);
   }
-  // blockIdx.x (the key block) is fastest, then head: the deterministic
-  // semaphores wait only on CTAs with a lower linear index (for dQ, higher
-  // n_block of the same (batch, head), as the kernel maps blockIdx.x to
-  // num_n - 1 - blockIdx.x then; for GQA dK/dV, lower head of the same
-  // (batch, kv head, n_block)), which the hardware has launched before.
+  // blockIdx.x is fastest, then head: the deterministic semaphores wait
+  // only on CTAs with a lower linear index (for dQ, higher n_block of the
+  // same (batch, head); for GQA dK/dV, lower head of the same (batch, kv
+  // head, n_block): cta_coords keeps both), which the hardware has launched
+  // before.
   dim3 grid(num_n, unsigned(a.num_heads), unsigned(nb));
   // The default mode stages dQ in one buffer and launches without the
   // second (the last member): with both allocated and used it ran 0.96-0.98x

@@ -120,7 +120,8 @@ struct BwdTraits {
   static constexpr int kDqChunk = D / kDqChunks;
   // One-chunk dQ staging buffers (epilogue_bwd.h) for the deterministic
   // mode: two where they fit (d96, d128; not beside d64's 128-row tiles or
-  // d192's), each with its own writer warp. One writer's wait for its turn,
+  // d192's), each with its own writer warp (d192's one buffer also has two:
+  // bwd_dq_two_writers). One writer's wait for its turn,
   // its reduce's completion and the fence before it signals took about a
   // whole step, and the consumers stood 32 % of their time at the one
   // buffer (ncu, d128 16k; 4 % by default). H100 harness, d128: the
@@ -182,11 +183,12 @@ struct BwdTraits {
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename MainloopPipeline::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
-    // The staged dQ hand-off with two buffers, per buffer and consumer
-    // warpgroup: full counts the warpgroup's 4 warps, empty its writer.
-    // (One buffer hands off through named barriers, BwdBarrier.)
-    cutlass::arch::ClusterBarrier dq_full[kDqBufs][2];
-    cutlass::arch::ClusterBarrier dq_empty[kDqBufs][2];
+    // The staged dQ hand-off to two writers (deterministic), per step parity
+    // and consumer warpgroup: full counts the warpgroup's 4 warps, empty
+    // the parity's writer. (The default mode's one writer hands off through
+    // named barriers, BwdBarrier.)
+    cutlass::arch::ClusterBarrier dq_full[2][2];
+    cutlass::arch::ClusterBarrier dq_empty[2][2];
     // Varlen: the CTA's BwdSeq. The consumers read it from here at each use
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
@@ -271,6 +273,9 @@ struct BwdKernelParams {
   float softmax_scale;
   FwdMask mask;       // dense; varlen: lengths per sequence (seq())
   bool deterministic;
+  // Deterministic: how many (batch, head) groups the launch interleaves
+  // (cta_coords); 1 otherwise.
+  int det_groups;
   // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
   // The offsets as every varlen kernel reads them (clamped, varlen.h); the
@@ -299,6 +304,42 @@ struct BwdKernelParams {
       s.tma_batch = 0;
     }
     return s;
+  }
+
+  // The CTA's (key block, head, batch or sequence). Default: blockIdx as is.
+  // Deterministic mode reverses the key-block order, both of the launch and
+  // of the dQ adds (key block n waits for blocks > n, launched before it):
+  // with causal masking, block n's first query block is then one no other
+  // key block adds to before it, so the ordered adds do not serialize the
+  // CTAs (ascending order made block n idle for ~2n steps first).
+  // It also interleaves det_groups (batch, head) groups, key block by key
+  // block: without masking every key block adds into every query block, in
+  // the same order, so key block n - 1 can add block m only some time (its
+  // writer's hand-off: wait, fence, signal) after block n did. Launched
+  // right after it, as when its group is launched alone, it waits for that
+  // at every step, and a short sequence (few steps per CTA) loses most
+  // (d256 2k: 0.76x the default mode). Launched det_groups CTAs later it
+  // already lags that much. Every wait is still on a CTA launched before.
+  __device__ __forceinline__ void cta_coords(int* n_block, int* head, int* batch) const {
+    if (!deterministic) {
+      *n_block = int(blockIdx.x);
+      *head = int(blockIdx.y);
+      *batch = int(blockIdx.z);
+      return;
+    }
+    int const nn = int(gridDim.x);
+    int const groups = int(gridDim.y * gridDim.z);
+    int const id = int(blockIdx.x) + nn * int(blockIdx.y + gridDim.y * blockIdx.z);
+    // Chunks of det_groups groups (the last may be short), each launched
+    // key block by key block, the chunk's groups fastest.
+    int const chunk = id / (nn * det_groups);
+    int const g0 = chunk * det_groups;
+    int const in_chunk = min(det_groups, groups - g0);
+    int const r = id - chunk * nn * det_groups;
+    int const g = g0 + r % in_chunk;
+    *n_block = nn - 1 - r / in_chunk;
+    *head = g % int(gridDim.y);
+    *batch = g / int(gridDim.y);
   }
 
   // First row of the GQA dK/dV accumulator for key block n_block.

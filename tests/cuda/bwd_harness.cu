@@ -124,6 +124,10 @@ static void bench(int only_d) {
         H.lse.assign(size_t(c.b) * c.h * s, 10.f);
         Dev D = setup(c, H);
         for (bool det : {false, true}) {
+          // BWD_BENCH_MODES=det / default: that mode only (A/B of one mode).
+          if (char const* m = getenv("BWD_BENCH_MODES")) {
+            if (std::string(m) != (det ? "det" : "default")) continue;
+          }
           std::string e = run(c, D, det);
           if (!e.empty()) {
             printf("d=%d s=%d: %s\n", d, s, e.c_str());
