@@ -28,7 +28,7 @@ build_harness() {
     'o=$BUILD/$(echo {} | tr / _).o; s=$(date +%s); nvcc $FLAGS -Xptxas -v -c {} -o $o > $o.log 2>&1 || { cat $o.log; exit 255; }; echo "{}: $(( $(date +%s) - s ))s $(grep -h "registers\|spill" $o.log | grep -v "^$" | tr -s " " | tr "\n" " " | cut -c1-200)"' \
     || return 1
   nvcc $CCBIN -gencode=arch=compute_90a,code=sm_90a "$BUILD"/*.o -o "$BUILD/$name" || return 1
-  if grep -h "C7510\|C7508\|C7517\|C7512" "$BUILD"/*.log; then
+  if grep -h "C7510\|C7508\|C7517\|C7512\|C7514\|C7515" "$BUILD"/*.log; then
     echo "ptxas wgmma/setmaxnreg warnings present"
   fi
   echo "built in $(( $(date +%s) - start ))s"
