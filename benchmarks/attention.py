@@ -5,6 +5,8 @@ Grid of the FlashAttention-3 paper: ``--tokens`` tokens per point
 seqlen x head_dim x causal, forward and backward. Implementations:
 
 * ``jax_fa3``:     ``jax_fa3.attention`` (needs the native extension);
+* ``jax_fa3-det``: the same with ``deterministic=True`` (bitwise-reproducible
+                   backward; the forward is the same kernel);
 * ``jax-cudnn``:   ``jax.nn.dot_product_attention(..., implementation='cudnn')``;
 * ``jax-xla``:     the same with ``implementation='xla'`` (skipped above
                    ``--xla_max_seqlen``: it materialises the score matrix);
@@ -44,10 +46,13 @@ from benchmarks.common import Prepared, compare, device_tag, flops
 from benchmarks import plot as plot_lib
 from benchmarks import timing
 
-ALL_IMPLS = ("jax_fa3", "jax-cudnn", "jax-xla", "pallas-mgpu")
+ALL_IMPLS = ("jax_fa3", "jax_fa3-det", "jax-cudnn", "jax-xla", "pallas-mgpu")
+# Our own variants: never counted as a peer in the "/ best peer" row.
+_OURS = ("jax_fa3", "jax_fa3-det")
 
-_IMPLS = flags.DEFINE_list("impls", list(ALL_IMPLS),
-                           f"Implementations to time, of {ALL_IMPLS}.")
+_IMPLS = flags.DEFINE_list("impls", [i for i in ALL_IMPLS if i != "jax_fa3-det"],
+                           f"Implementations to time, of {ALL_IMPLS} (jax_fa3-det: "
+                           "backward only, not in the default list).")
 _MODES = flags.DEFINE_list("modes", ["fwd", "bwd"], "fwd and/or bwd.")
 _HEAD_DIMS = flags.DEFINE_list("head_dims", ["64", "128", "256"], "Head dims.")
 _SEQLENS = flags.DEFINE_list(
@@ -130,6 +135,8 @@ def impl_dtype(impl: str, dtype: str) -> str:
 def skip_reason(impl: str, mode: str, d: int, seqlen: int) -> str | None:
   """Why (impl, point) is not run, or None."""
   del d
+  if impl == "jax_fa3-det" and mode == "fwd":
+    return "skipped: jax_fa3-det runs jax_fa3's forward kernel"
   if impl == "pallas-mgpu" and mode == "bwd":
     return "skipped: pallas-mgpu is timed forward only"
   if impl == "jax-xla" and seqlen > _XLA_MAX_SEQLEN.value:
@@ -140,9 +147,11 @@ def skip_reason(impl: str, mode: str, d: int, seqlen: int) -> str | None:
 
 def _attention_fn(impl: str, causal: bool) -> Callable[..., Any]:
   """Un-jitted f(q, k, v) -> out for ``impl``; imports lazily."""
-  if impl == "jax_fa3":
+  if impl in _OURS:
     import jax_fa3  # pylint: disable=g-import-not-at-top
-    return lambda q, k, v: jax_fa3.attention(q, k, v, causal=causal)
+    det = impl == "jax_fa3-det"
+    return lambda q, k, v: jax_fa3.attention(q, k, v, causal=causal,
+                                             deterministic=det)
   if impl in ("jax-cudnn", "jax-xla"):
     import jax  # pylint: disable=g-import-not-at-top
     implementation = impl.split("-", 1)[1]
@@ -251,10 +260,19 @@ def format_tables(records, impls, seqlens) -> str:
       for s in seqlens:
         ours = pts.get(("jax_fa3", s), {}).get("tflops")
         peers = [pts.get((i, s), {}).get("tflops") for i in impls
-                 if i != "jax_fa3"]
+                 if i not in _OURS]
         peers = [p for p in peers if p]
         cells.append(f"{ours / max(peers):.2f}" if ours and peers else "-")
       lines.append(f"{'jax_fa3 / best peer':<22}" +
+                   "".join(f"{c:>{col}}" for c in cells))
+    if "jax_fa3" in impls and "jax_fa3-det" in impls:
+      # Issue 4's target: the deterministic backward within 20 % of the default.
+      cells = []
+      for s in seqlens:
+        ours = pts.get(("jax_fa3", s), {}).get("tflops")
+        det = pts.get(("jax_fa3-det", s), {}).get("tflops")
+        cells.append(f"{det / ours:.2f}" if ours and det else "-")
+      lines.append(f"{'jax_fa3-det / jax_fa3':<22}" +
                    "".join(f"{c:>{col}}" for c in cells))
     errs = [r for r in pts.values() if r.get("max_err_vs_cudnn") is not None]
     if errs:
@@ -366,7 +384,7 @@ def main(argv) -> None:
       else:
         try:
           p = get_prepared(impl)
-          if impl == "jax_fa3" and _CHECK.value:
+          if impl in _OURS and _CHECK.value:
             ours = jax.block_until_ready(p.fn(*p.arg_sets[0]))
             for ref in ("jax-cudnn", "jax-xla"):
               if skip_reason(ref, mode, d, s):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 # Preferred order and colours (FA3 paper: FA3 in purple/red, cuDNN in green).
 _COLOURS = {
     "jax_fa3": "#8e44ad",
+    "jax_fa3-det": "#c39bd3",
     "jax-cudnn": "#27ae60",
     "pallas-mgpu": "#2980b9",
     "jax-xla": "#95a5a6",

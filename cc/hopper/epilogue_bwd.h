@@ -187,7 +187,7 @@ __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, M
 }
 
 // The dQ writer: warp 1 of the producer warpgroup (as in FA3), and warp 2
-// with two staging buffers. For each query block (d <= 192: one chunk) it
+// with two writers (bwd_dq_two_writers: odd steps). For each query block (d <= 192: one chunk) it
 // takes the two warpgroups' halves from the staging buffer and issues one
 // bulk reduce-add each into the fp32 accumulator; d256's consumers add their
 // chunks themselves and the writer only keeps the deterministic order.

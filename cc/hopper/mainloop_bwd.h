@@ -235,10 +235,10 @@ enum class BwdBarrier : uint32_t {
   kPdSEmpty = 0,  // split D, all consumers: the previous step's GEMMs no longer read sP/sdS
   kDsFull = 1,    // all consumers: sdS written; after the loop, the GQA semaphore hand-off
   kPFull = 2,     // its columns of sP written: one warpgroup (+ its index) when kPLocal, else all
-  // The dQ hand-off with one staging buffer (d64, d192; d96 / d128 by
-  // default), and d256's deterministic turn (its consumers add dQ
-  // themselves). Two buffers (d96 / d128 deterministic) use
-  // SharedStorage's dq_full / dq_empty instead.
+  // The dQ hand-off to one writer warp (every dim by default, d64
+  // deterministic), and d256's deterministic turn (its consumers add dQ
+  // themselves). Two writer warps (d96 / d128 / d192 deterministic,
+  // bwd_dq_two_writers) use SharedStorage's dq_full / dq_empty instead.
   kDqEmpty = 4,   // (+ warpgroup) dQ writer -> consumer warpgroup: half read / your turn
   kDqFull = 6,    // (+ warpgroup) consumer warpgroup -> dQ writer: half written / added
 };
