@@ -391,6 +391,46 @@ __device__ __forceinline__ void bwd_dkv_bulk_add(BwdKernelParams<Traits> const& 
   if (wg_tid == 0) bulk_wait_complete();
 }
 
+// dK^T / dV^T accumulators (kDkvSwap) -> output rows. A thread's
+// neighbouring elements are neighbouring keys, i.e. rows of the output, so
+// the tiles are transposed through shared memory (dK into smem_k, dV into
+// smem_v, free once every consumer's last GEMM is done) and leave in
+// 16-byte row segments. The 16-byte chunks of a row are XOR-swizzled by the
+// row (key % 8) so that the consumers' 2-byte stores hit different banks.
+template <class Traits, class Acc, class KeyOf, class ColOf>
+__device__ __forceinline__ void bwd_dkv_store_swapped(BwdKernelParams<Traits> const& p,
+                                                      typename Traits::SharedStorage& ss,
+                                                      Acc const& tdKrdK, Acc const& tdVrdV,
+                                                      KeyOf const& key_of, ColOf const& col_of,
+                                                      typename Traits::Element* dk,
+                                                      typename Traits::Element* dv, int rows,
+                                                      int tid) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN, D = Traits::D, kVecs = D / 8;
+  static_assert(kBlockN * D * sizeof(Element) <= sizeof(ss.smem_k) &&
+                kBlockN * D * sizeof(Element) <= sizeof(ss.smem_v));
+  Element* tk = ss.smem_k.data();
+  Element* tv = ss.smem_v.data();
+  auto at = [](int key, int col) { return key * D + (col ^ ((key & 7) << 3)); };
+  // Every consumer is done reading K and V.
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+  CUTE_UNROLL
+  for (int i = 0; i < size(tdKrdK); ++i) {
+    int const o = at(key_of(i), col_of(i));
+    tk[o] = static_cast<Element>(tdKrdK(i) * p.softmax_scale);
+    tv[o] = static_cast<Element>(tdVrdV(i));
+  }
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+  rows = rows < kBlockN ? rows : kBlockN;
+  for (int j = tid; j < rows * kVecs; j += 256) {
+    int const key = j / kVecs, c = j - key * kVecs;
+    int const o = at(key, c * 8);
+    int64_t const g = int64_t(key) * p.k_row_stride + c * 8;
+    *reinterpret_cast<uint4*>(dk + g) = *reinterpret_cast<const uint4*>(tk + o);
+    *reinterpret_cast<uint4*>(dv + g) = *reinterpret_cast<const uint4*>(tv + o);
+  }
+}
+
 // dK, dV: registers -> output (dK scaled), or for GQA fp32 adds into the kv
 // head's accumulator (bwd_dkv_bulk_add, or atomics when split along D;
 // deterministic: in query-head order). Varlen: the sequence's bounds are
@@ -421,17 +461,8 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
       dv += int64_t(se.k_row) * p.k_row_stride;
     }
     if constexpr (Traits::kDkvSwap) {
-      // Accumulator neighbours are neighbouring keys (rows): one element
-      // each.
-      CUTE_UNROLL
-      for (int i = 0; i < size(tdKrdK); ++i) {
-        int row = n0 + key_of(i);
-        if (row < se.mask.seqlen_k) {
-          int64_t off = row * p.k_row_stride + col_of(i);
-          dk[off] = static_cast<Element>(tdKrdK(i) * p.softmax_scale);
-          dv[off] = static_cast<Element>(tdVrdV(i));
-        }
-      }
+      bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk, dv,
+                                    se.mask.seqlen_k - n0, tid);
       return;
     }
     CUTE_UNROLL
