@@ -391,7 +391,8 @@ __device__ __forceinline__ void bwd_dkv_bulk_add(BwdKernelParams<Traits> const& 
   if (wg_tid == 0) bulk_wait_complete();
 }
 
-// dK^T / dV^T accumulators (kDkvSwap) -> output rows. A thread's
+// dK^T / dV^T accumulators (kDkvSwap) -> output rows (dk, dv: the key
+// block's first row; rows: how many of its keys exist). A thread's
 // neighbouring elements are neighbouring keys, i.e. rows of the output, so
 // the tiles are transposed through shared memory (dK into smem_k, dV into
 // smem_v, free once every consumer's last GEMM is done) and leave in
@@ -461,7 +462,8 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
       dv += int64_t(se.k_row) * p.k_row_stride;
     }
     if constexpr (Traits::kDkvSwap) {
-      bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk, dv,
+      int64_t const off = int64_t(n0) * p.k_row_stride;  // the block's first key row
+      bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk + off, dv + off,
                                     se.mask.seqlen_k - n0, tid);
       return;
     }
