@@ -7,7 +7,8 @@
 #   gputest  the tests marked `gpu` (FFI path on the Hopper kernels)
 #   bench    python -m benchmarks.attention $BENCH_FLAGS
 #   harness  the poisoned-output sweep of tests/cuda + compute-sanitizer memcheck
-#   bwdcheck the backward harness (quick, sweep, determinism, memcheck) in the
+#   bwdcheck the backward harness (BWD_CHECK_PARTS of device_bwd.sh; quick, sweep,
+#            determinism, memcheck by default) in the
 #            background, on the upper cores
 #   bwdbench the backward harness timings + racecheck (after bwdcheck)
 #   gpuall   every `gpu` test, seven pytest processes sharing the GPU
@@ -168,7 +169,7 @@ for stage in "$@"; do
         | grep -v " 0 bytes spill" | cut -c1-160 | tee -a "$summary"
       pin=""
       [ "$ncores" -ge 8 ] && pin="taskset -c $half-$((ncores - 1))"
-      LOGDIR=$LOGS PARTS="quick sweep det memcheck" $pin bash tests/cuda/device_bwd.sh \
+      LOGDIR=$LOGS PARTS="${BWD_CHECK_PARTS:-quick sweep det memcheck}" $pin bash tests/cuda/device_bwd.sh \
         >"$LOGS/bwd_check.log" 2>&1 &
       bwd_pid=$!
       [ -n "$pin" ] && lowpin="taskset -c 0-$((half - 1))"

@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   int const rows = seqlen_q - m_row < kBlockM ? seqlen_q - m_row : kBlockM;
   typename Traits::TiledMmadQ mma;
   auto thr = mma.get_thread_slice(t);
-  Tensor cQ = thr.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kChunk>>{}));
+  Tensor cQ = thr.partition_C(make_identity_tensor(typename Traits::ShapedQ{}));
   const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
   Element* out = dq + batch * batch_stride + (seq_row + m_row) * row_stride + head * head_stride;
   CUTE_UNROLL
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
       float vals[4] = {v.x, v.y, v.z, v.w};
       CUTE_UNROLL
       for (int k = 0; k < 4; ++k) {
-        int row = int(get<0>(cQ(4 * j + k))), col = int(get<1>(cQ(4 * j + k)));
+        int row = Traits::dq_row(cQ(4 * j + k)), col = Traits::dq_col(cQ(4 * j + k));
         tile[row * kPitch + col] = static_cast<Element>(vals[k] * scale);
       }
     }

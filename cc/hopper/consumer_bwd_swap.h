@@ -166,7 +166,7 @@ struct BwdConsumerSwap {
       wgmma_issue<false>(mma_dkv, tdKrdS, tdKrQt(_, _, _, stage), tdKrdK);
 
       bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid, nullptr,
-                         p.deterministic, m - m_lo);
+                         p.deterministic, m - m_lo, [] {});
       warpgroup_wait<0>();  // dK done: Q, dO (and their lse2, dPsum) may be overwritten
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);

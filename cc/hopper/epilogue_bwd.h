@@ -64,17 +64,27 @@ __device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, 
   }
 }
 
-// The dQ GEMM's operands, the same for both step layouts: A = dS (.., dS
-// stage), B = K^T in kDqChunks column chunks (.., chunk).
+// The dQ GEMM's operands, the same for both step layouts: dS (.., dS
+// stage) and K^T in kDqChunks chunks of D (.., chunk); A and B in that
+// order, or swapped (kDqSwap: dQ^T = K^T dS^T).
 template <class Traits, class ThrMma>
 __device__ __forceinline__ auto bwd_dq_a(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
-  return thr_dq.make_fragment_A(thr_dq.partition_A(ss.ds()));
+  if constexpr (Traits::kDqSwap) return thr_dq.make_fragment_B(thr_dq.partition_B(ss.ds()));
+  else return thr_dq.make_fragment_A(thr_dq.partition_A(ss.ds()));
 }
 template <class Traits, class ThrMma>
 __device__ __forceinline__ auto bwd_dq_b(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
   auto chunks = local_tile(ss.kt(), Shape<Int<Traits::kDqChunk>, Int<Traits::kBlockN>>{},
                            make_coord(_, _0{}));
-  return thr_dq.make_fragment_B(thr_dq.partition_B(chunks));
+  if constexpr (Traits::kDqSwap) return thr_dq.make_fragment_A(thr_dq.partition_A(chunks));
+  else return thr_dq.make_fragment_B(thr_dq.partition_B(chunks));
+}
+// Issues dQ chunk ch (zeroing the accumulator first).
+template <class Traits, class MmaDq, class TdS, class TKt, class TC>
+__device__ __forceinline__ void bwd_dq_issue(MmaDq& mma_dq, TdS const& tdQrdS, TKt const& tdQrKt,
+                                             int ch, TC& tdQrdQ) {
+  if constexpr (Traits::kDqSwap) wgmma_issue<true>(mma_dq, tdQrKt(_, _, _, ch), tdQrdS, tdQrdQ);
+  else wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
 }
 
 // Query block m's fp32 dQ accumulator (fragment order, bwd_dq.h).
@@ -135,20 +145,23 @@ __host__ __device__ __forceinline__ constexpr bool bwd_dq_two_writers(bool det) 
 // accumulator, to add the chunks into directly instead (det: in the
 // writer's turn).
 // `step` counts this CTA's query blocks from 0 (the staging buffer's turn).
-template <class Traits, class MmaDq, class TA, class TB, class TC>
+// dv_done runs once dV (and the first chunk) are done.
+template <class Traits, class MmaDq, class TA, class TB, class TC, class F>
 __device__ __forceinline__ void bwd_dq_out(typename Traits::SharedStorage& ss, MmaDq& mma_dq,
                                            TA const& tdQrdS, TB const& tdQrKt, TC& tdQrdQ,
-                                           int tid, float* dq_red, bool det, int step) {
+                                           int tid, float* dq_red, bool det, int step,
+                                           F&& dv_done) {
   constexpr int kDqChunks = Traits::kDqChunks;
   constexpr int kDqHalf = Traits::kBlockM * Traits::kDqChunk / 2;
   int const wg = tid / 128, wg_tid = tid % 128;
   CUTE_UNROLL
   for (int ch = 0; ch < kDqChunks; ++ch) {
     if (ch > 0) {
-      wgmma_issue<true>(mma_dq, tdQrdS, tdQrKt(_, _, _, ch), tdQrdQ);
+      bwd_dq_issue<Traits>(mma_dq, tdQrdS, tdQrKt, ch, tdQrdQ);
       warpgroup_wait<0>();
     } else {
       warpgroup_wait<1>();  // dV and dQ done (dK may still run)
+      dv_done();
     }
     if constexpr (kBwdDqRed<Traits>) {
       // (Issuing chunk ch+1's GEMM before these, into a second accumulator,
@@ -378,6 +391,47 @@ __device__ __forceinline__ void bwd_dkv_bulk_add(BwdKernelParams<Traits> const& 
   if (wg_tid == 0) bulk_wait_complete();
 }
 
+// dK^T / dV^T accumulators (kDkvSwap) -> output rows (dk, dv: the key
+// block's first row; rows: how many of its keys exist). A thread's
+// neighbouring elements are neighbouring keys, i.e. rows of the output, so
+// the tiles are transposed through shared memory (dK into smem_k, dV into
+// smem_v, free once every consumer's last GEMM is done) and leave in
+// 16-byte row segments. The 16-byte chunks of a row are XOR-swizzled by the
+// row (key % 8) so that the consumers' 2-byte stores hit different banks.
+template <class Traits, class Acc, class KeyOf, class ColOf>
+__device__ __forceinline__ void bwd_dkv_store_swapped(BwdKernelParams<Traits> const& p,
+                                                      typename Traits::SharedStorage& ss,
+                                                      Acc const& tdKrdK, Acc const& tdVrdV,
+                                                      KeyOf const& key_of, ColOf const& col_of,
+                                                      typename Traits::Element* dk,
+                                                      typename Traits::Element* dv, int rows,
+                                                      int tid) {
+  using Element = typename Traits::Element;
+  constexpr int kBlockN = Traits::kBlockN, D = Traits::D, kVecs = D / 8;
+  static_assert(kBlockN * D * sizeof(Element) <= sizeof(ss.smem_k) &&
+                kBlockN * D * sizeof(Element) <= sizeof(ss.smem_v));
+  Element* tk = ss.smem_k.data();
+  Element* tv = ss.smem_v.data();
+  auto at = [](int key, int col) { return key * D + (col ^ ((key & 7) << 3)); };
+  // Every consumer is done reading K and V.
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+  CUTE_UNROLL
+  for (int i = 0; i < size(tdKrdK); ++i) {
+    int const o = at(key_of(i), col_of(i));
+    tk[o] = static_cast<Element>(tdKrdK(i) * p.softmax_scale);
+    tv[o] = static_cast<Element>(tdVrdV(i));
+  }
+  cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
+  rows = rows < kBlockN ? rows : kBlockN;
+  for (int j = tid; j < rows * kVecs; j += 256) {
+    int const key = j / kVecs, c = j - key * kVecs;
+    int const o = at(key, c * 8);
+    int64_t const g = int64_t(key) * p.k_row_stride + c * 8;
+    *reinterpret_cast<uint4*>(dk + g) = *reinterpret_cast<const uint4*>(tk + o);
+    *reinterpret_cast<uint4*>(dv + g) = *reinterpret_cast<const uint4*>(tv + o);
+  }
+}
+
 // dK, dV: registers -> output (dK scaled), or for GQA fp32 adds into the kv
 // head's accumulator (bwd_dkv_bulk_add, or atomics when split along D;
 // deterministic: in query-head order). Varlen: the sequence's bounds are
@@ -392,7 +446,14 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
   constexpr int kBlockN = Traits::kBlockN, D = Traits::D;
   int const n0 = n_block * kBlockN;
   BwdSeq const se = p.template seq<kVarlen>(batch, head);
-  Tensor cKV = thr_dkv.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<D>>{}));
+  // (key row, column of D) of accumulator element i.
+  Tensor cKV = thr_dkv.partition_C(make_identity_tensor(typename Traits::ShapedKV{}));
+  auto key_of = [&](int i) {
+    if constexpr (Traits::kDkvSwap) return int(get<1>(cKV(i))); else return int(get<0>(cKV(i)));
+  };
+  auto col_of = [&](int i) {
+    if constexpr (Traits::kDkvSwap) return int(get<0>(cKV(i))); else return int(get<1>(cKV(i)));
+  };
   if (p.h_h_k_ratio == 1) {
     Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
     Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
@@ -400,10 +461,16 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
       dk += int64_t(se.k_row) * p.k_row_stride;
       dv += int64_t(se.k_row) * p.k_row_stride;
     }
+    if constexpr (Traits::kDkvSwap) {
+      int64_t const off = int64_t(n0) * p.k_row_stride;  // the block's first key row
+      bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk + off, dv + off,
+                                    se.mask.seqlen_k - n0, tid);
+      return;
+    }
     CUTE_UNROLL
     for (int i = 0; i < size(tdKrdK); i += 2) {
-      int row = n0 + int(get<0>(cKV(i)));
-      int col = int(get<1>(cKV(i)));
+      int row = n0 + key_of(i);
+      int col = col_of(i);
       if (row < se.mask.seqlen_k) {
         cutlass::NumericArrayConverter<Element, float, 2> cvt;
         cutlass::Array<float, 2> k2, v2;
@@ -426,11 +493,15 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
     if constexpr (!Traits::kDkvSplitD) {
       if (any_m) bwd_dkv_bulk_add(p, ss, thr_dkv, tdKrdK, tdVrdV, base, tid);
     } else if (any_m) {
+      // Keys past seqlen_k are skipped: with kBlockN 80 the last block may
+      // reach past the rows padded to kBwdPadN.
       CUTE_UNROLL
       for (int i = 0; i < size(tdKrdK); ++i) {
-        int64_t off = (base + int(get<0>(cKV(i)))) * D + int(get<1>(cKV(i)));
-        atomicAdd(p.dk_accum + off, tdKrdK(i));
-        atomicAdd(p.dv_accum + off, tdVrdV(i));
+        if (n0 + key_of(i) < se.mask.seqlen_k) {
+          int64_t off = (base + key_of(i)) * D + col_of(i);
+          atomicAdd(p.dk_accum + off, tdKrdK(i));
+          atomicAdd(p.dv_accum + off, tdVrdV(i));
+        }
       }
     }
     if (p.deterministic) bwd_sem_signal(sem, tid);

@@ -63,9 +63,11 @@ struct BwdConsumer {
 
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
-                                             Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
+                                             Pipeline& pipe_q,
+                                             typename Traits::PipelinedO& pipe_do, int n_block,
                                              int head, int batch, int m_lo, int m_hi,
                                              int tid) {
+    constexpr bool kSwapKV = Traits::kDkvSwap;
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
     typename Traits::TiledMmadQ mma_dq;
@@ -77,10 +79,20 @@ struct BwdConsumer {
     Tensor tSrK = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.k()));
     Tensor tdPrdO = thr_sdp.make_fragment_A(thr_sdp.partition_A(ss.dO()));  // (MMA, M, K, stage)
     Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.v()));
-    Tensor tdVrPt = thr_dkv.make_fragment_A(thr_dkv.partition_A(ss.pt()));
-    Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.dOt()));  // (.., stage)
-    Tensor tdKrdSt = thr_dkv.make_fragment_A(thr_dkv.partition_A(ss.dst()));  // (.., dS stage)
-    Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.qt()));    // (.., stage)
+    // dV += P^T dO and dK += dS^T Q, or swapped (kDkvSwap) dV^T += dO^T P
+    // and dK^T += Q^T dS: the same smem views, as the other operand.
+    auto frag_kv = [&](auto const& t, auto is_a) {
+      if constexpr (decltype(is_a)::value) return thr_dkv.make_fragment_A(thr_dkv.partition_A(t));
+      else return thr_dkv.make_fragment_B(thr_dkv.partition_B(t));
+    };
+    Tensor tdVrPt = frag_kv(ss.pt(), cute::bool_constant<!kSwapKV>{});
+    Tensor tdVrdOt = frag_kv(ss.dOt(), cute::bool_constant<kSwapKV>{});  // (.., dO stage)
+    Tensor tdKrdSt = frag_kv(ss.dst(), cute::bool_constant<!kSwapKV>{});  // (.., dS stage)
+    Tensor tdKrQt = frag_kv(ss.qt(), cute::bool_constant<kSwapKV>{});     // (.., stage)
+    auto issue_kv = [&](auto const& pt_or_dst, auto const& dot_or_qt, auto& acc) {
+      if constexpr (kSwapKV) wgmma_issue<false>(mma_dkv, dot_or_qt, pt_or_dst, acc);
+      else wgmma_issue<false>(mma_dkv, pt_or_dst, dot_or_qt, acc);
+    };
     Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
     Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., chunk)
     constexpr int kDqChunk = Traits::kDqChunk;
@@ -88,12 +100,12 @@ struct BwdConsumer {
     // P / dS stores with stmatrix (four 8x8 tiles per instruction, from the
     // accumulator layout into the swizzled tiles): 8x fewer shared-memory
     // store instructions than one 16-bit store per element.
-    auto stsm = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_sdp);
+    auto stsm = make_tiled_copy_C(Copy_Atom<typename Traits::StsmAtom, Element>{}, mma_sdp);
     auto thr_stsm = stsm.get_thread_slice(tid);
     Tensor tPsP = thr_stsm.partition_D(ss.p());
 
-    Tensor tdVrdV = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
-    Tensor tdKrdK = partition_fragment_C(mma_dkv, Shape<Int<kBlockN>, Int<D>>{});
+    Tensor tdVrdV = partition_fragment_C(mma_dkv, typename Traits::ShapedKV{});
+    Tensor tdKrdK = partition_fragment_C(mma_dkv, typename Traits::ShapedKV{});
     clear(tdVrdV);
     clear(tdKrdK);
 
@@ -117,6 +129,7 @@ struct BwdConsumer {
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
     PipelineState state;
+    typename Traits::PipelineStatedO state_do;
     for (int m = m_lo; m < m_hi; ++m) {
       Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
       Tensor tdPrdP = partition_fragment_C(mma_sdp, Shape<Int<kBlockM>, Int<kBlockN>>{});
@@ -135,8 +148,8 @@ struct BwdConsumer {
       }
       pipe_q.consumer_wait(state);
       wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
-      pipe_do.consumer_wait(state);
-      wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state.index()), tdPrV, tdPrdP);
+      pipe_do.consumer_wait(state_do);
+      wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state_do.index()), tdPrV, tdPrdP);
 
 
       // Step order, so that the tensor cores always have queued work: S, dP |
@@ -189,7 +202,7 @@ struct BwdConsumer {
       } else {
         cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kPFull));
       }
-      wgmma_issue<false>(mma_dkv, tdVrPt, tdVrdOt(_, _, _, state.index()), tdVrdV);
+      issue_kv(tdVrPt, tdVrdOt(_, _, _, state_do.index()), tdVrdV);
 
       warpgroup_wait<1>();  // dP done (dV may still run)
       // Softcap tested once, outside the unrolled loop (consumer_bwd_swap.h
@@ -220,18 +233,22 @@ struct BwdConsumer {
       cutlass::arch::fence_view_async_shared();
       cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
 
-      Tensor tdQrdQ = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kDqChunk>>{});
-      wgmma_issue<true>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt(_, _, _, 0), tdQrdQ);
-      wgmma_issue<false>(mma_dkv, tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()),
-                         tdKrdK);
+      Tensor tdQrdQ = partition_fragment_C(mma_dq, typename Traits::ShapedQ{});
+      bwd_dq_issue<Traits>(mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, 0, tdQrdQ);
+      issue_kv(tdKrdSt(_, _, _, ds_stage), tdKrQt(_, _, _, state.index()), tdKrdK);
 
+      // One dO stage (kDkvSwap): released as soon as dV is done, so that the
+      // next block's load overlaps dQ and dK.
       bwd_dq_out<Traits>(ss, mma_dq, tdQrdS(_, _, _, ds_stage), tdQrKt, tdQrdQ, tid,
                          kBwdDqRed<Traits> ? bwd_dq_block<Traits, kVarlen>(p, ss, bh, m) : nullptr,
-                         p.deterministic, m - m_lo);
+                         p.deterministic, m - m_lo, [&] {
+                           if constexpr (Traits::kStagesdO == 1) pipe_do.consumer_release(state_do);
+                         });
       warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
       pipe_q.consumer_release(state);
-      pipe_do.consumer_release(state);
+      if constexpr (Traits::kStagesdO != 1) pipe_do.consumer_release(state_do);
       ++state;
+      ++state_do;
     }
 
     bwd_dkv_epilogue<Traits, kVarlen>(p, ss, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
@@ -280,7 +297,14 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   pp.is_leader = threadIdx.x == 0;
   pp.num_consumers = Traits::kNumMmaThreads;
   Pipeline pipe_q(ss.pipeline_q, pp, Shape<_1, _1, _1>{});
-  Pipeline pipe_do(ss.pipeline_do, pp, Shape<_1, _1, _1>{});
+  using PipelinedO = typename Traits::PipelinedO;
+  typename PipelinedO::Params ppdo;
+  ppdo.transaction_bytes = pp.transaction_bytes;
+  ppdo.role = warp_group == 0 ? PipelinedO::ThreadCategory::Producer
+                              : PipelinedO::ThreadCategory::Consumer;
+  ppdo.is_leader = pp.is_leader;
+  ppdo.num_consumers = pp.num_consumers;
+  PipelinedO pipe_do(ss.pipeline_do, ppdo, Shape<_1, _1, _1>{});
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 

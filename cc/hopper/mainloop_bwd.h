@@ -26,15 +26,17 @@ using namespace cute;
 // Tiles: kBlockM query rows per step (64; 128 at d64), 2 consumer warpgroups.
 //   d <= 128: kBlockN = 128; S/dP split along N (64 keys per WG), dK/dV
 //             split along N (each WG owns 64 key rows x D), dQ split along D.
-//   d >= 192: kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
+//   d192:     kBlockN = 64; S/dP split along N (32 keys per WG), dK/dV and
 //             dQ split along D (each WG owns D/2 columns).
+//   d256:     kBlockN = 80 (below); S/dP split along N (40 keys per WG),
+//             dK^T/dV^T and dQ^T split along D.
 // P and dS always go through smem (they feed dV/dK as A^T and dQ as A).
 // With dK/dV split along N a warpgroup's dV/dK read only the P/dS columns it
 // wrote itself, so P needs no cross-warpgroup barrier and dS (which dQ reads
 // whole) is double-buffered: one all-consumer barrier per step. Split along
 // D, every GEMM reads both halves: single buffers, two barriers.
 // smem (bf16): d128: K,V 64K + Q,dO 2 stages 64K + P 16K + dS 2x16K + dQ 32K = 208K;
-//              d256: K,V 64K + Q,dO 2 stages 128K + P,dS 16K + dQ 16K = 224K.
+//              d192: K,V 48K + Q,dO 2 stages 96K + P,dS 16K + dQ 48K = 208K.
 // d64: 128 query rows per step (the 64-row step's GEMMs were too small next
 // to its fixed costs: barriers, softmax, dQ out); smem 224K.
 // d <= 128 computes the transposes S^T = K Q^T and dP^T = V dO^T (FA3's
@@ -43,10 +45,23 @@ using namespace cute;
 // (WGMMA RS) and only dS goes through smem (for dQ). The price: the row
 // statistics lse2 / dPsum are per column, so the producer stages them in
 // smem with Q / dO (consumer_bwd_swap.h).
+// d256 runs FA3's 64 x 80 tile: 25 % more work per step than 64 x 64 and
+// 20 % fewer dQ adds per FLOP. 80 keys are no WGMMA M, so dK/dV are computed
+// transposed, dK^T = Q^T dS and dV^T = dO^T P (kDkvSwap: M = D, each
+// warpgroup 128 rows of D x 80 keys, 2 x 80 accumulators per thread), and
+// dQ^T = K^T dS^T likewise (kDqSwap, two chunks of 128 rows of D). smem:
+// K, V 80K + Q 2 stages 64K + dO one stage 32K + P, dS 20K = 196K (two dO
+// stages would be 1K over the limit); dO is released once dV has read it.
+// H100 harness against 64 x 64 (same call): default 1.04-1.11x (16k 421 ->
+// 450 TF/s non-causal), deterministic 1.05-1.18x.
+#ifndef JAX_FA3_BWD_D256_N  // build-time override for A/B experiments (64: the old tile)
+#define JAX_FA3_BWD_D256_N 80
+#endif
 template <int D> struct BwdTileConfig {
   static constexpr int kBlockM = D <= 64 ? 128 : 64;
-  static constexpr int kBlockN = D <= 128 ? 128 : 64;
+  static constexpr int kBlockN = D <= 128 ? 128 : D == 256 ? JAX_FA3_BWD_D256_N : 64;
   static constexpr bool kDkvSplitD = D > 128;
+  static constexpr bool kDkvSwap = D == 256 && kBlockN != 64;
 #ifdef JAX_FA3_BWD_SWAP  // build-time override for A/B experiments
   static constexpr bool kSwapSdP = JAX_FA3_BWD_SWAP && D <= 128;
 #else
@@ -74,8 +89,12 @@ struct BwdTraits {
   static constexpr int kBlockN = BwdTileConfig<D>::kBlockN;
   static constexpr bool kDkvSplitD = BwdTileConfig<D>::kDkvSplitD;
   static constexpr bool kSwapSdP = BwdTileConfig<D>::kSwapSdP;
+  static constexpr bool kDkvSwap = BwdTileConfig<D>::kDkvSwap;
+  static constexpr bool kDqSwap = kDkvSwap;
   static_assert(!(kSwapSdP && kDkvSplitD), "S^T needs dK/dV split along N");
+  static_assert(!kDkvSwap || kDkvSplitD);
   static constexpr int kStages = 2;
+  static constexpr int kStagesdO = kDkvSwap ? 1 : kStages;
   // P and dS columns private to their warpgroup (see BwdTileConfig).
   static constexpr bool kPLocal = !kDkvSplitD;
   static constexpr int kDsStages = kPLocal ? 2 : 1;
@@ -100,10 +119,18 @@ struct BwdTraits {
   // dV += P^T dO, dK += dS^T Q: (kBlockN, D), reduction over kBlockM. A is
   // P^T / dS^T read transposed from smem (MN-major), or, swapped, the
   // registers of S^T's accumulator (RS); B is dO^T / Q^T (MN-major).
-  using AtomShapeKV = std::conditional_t<kDkvSplitD, Shape<_64, Int<D / 2>, Int<kBlockM>>,
-                                         Shape<_64, Int<D>, Int<kBlockM>>>;
-  using AtomLayoutKV = std::conditional_t<kDkvSplitD, Layout<Shape<_1, _2, _1>>,
+  // kDkvSwap: dV^T += dO^T P, dK^T += Q^T dS: (D, kBlockN); A = dO^T / Q^T
+  // (MN-major), B = P^T / dS^T as (keys, queries) (MN-major); the
+  // warpgroups alternate along D in 64-row atoms.
+  using AtomShapeKV = std::conditional_t<
+      kDkvSwap, Shape<_64, Int<kBlockN>, Int<kBlockM>>,
+      std::conditional_t<kDkvSplitD, Shape<_64, Int<D / 2>, Int<kBlockM>>,
+                         Shape<_64, Int<D>, Int<kBlockM>>>>;
+  using AtomLayoutKV = std::conditional_t<kDkvSplitD && !kDkvSwap, Layout<Shape<_1, _2, _1>>,
                                           Layout<Shape<_2, _1, _1>>>;
+  // The accumulator's shape: (kBlockN, D), or (D, kBlockN) swapped.
+  using ShapedKV = std::conditional_t<kDkvSwap, Shape<Int<D>, Int<kBlockN>>,
+                                      Shape<Int<kBlockN>, Int<D>>>;
   using TiledMmadKV = std::conditional_t<
       kSwapSdP,
       decltype(make_tiled_mma(GMMA::rs_op_selector<Element, Element, float, AtomShapeKV,
@@ -116,7 +143,9 @@ struct BwdTraits {
   // it in 4 chunks of 64 columns: fewer accumulators next to the 128 of
   // dK/dV (without chunks ptxas spilled ~90 bytes), and a 16 KB fp32 staging
   // buffer (bwd_dq.h) is what still fits next to its 208 KB of tiles.
-  static constexpr int kDqChunks = D == 256 ? 4 : 1;
+  // Swapped (64 x 80), two chunks of 128 rows of D (each warpgroup one
+  // 64 x 64 atom: 32 registers beside dK^T / dV^T's 160).
+  static constexpr int kDqChunks = D == 256 ? (kDqSwap ? 2 : 4) : 1;
   static constexpr int kDqChunk = D / kDqChunks;
   // One-chunk dQ staging buffers (epilogue_bwd.h) for the deterministic
   // mode: two where they fit (d96, d128; not beside d64's 128-row tiles or
@@ -130,25 +159,52 @@ struct BwdTraits {
   // one buffer and one writer (launch_bwd.h): with two it ran 0.96-0.98x.
   // d64's deterministic mode runs 0.83-1.0x its default with one buffer.
   static constexpr int kDqBufs = kDqChunks == 1 && D > 64 && D <= 128 ? 2 : 1;
-  using TiledMmadQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
-                           GMMA::Major::K, GMMA::Major::MN>(),
-      Layout<Shape<_1, _2, _1>>{}));
+  // Swapped: dQ^T = K^T dS^T, (kDqChunk, kBlockM) per chunk; A = K^T
+  // (MN-major), B = dS (K-major); the warpgroups split the chunk's rows.
+  using TiledMmadQ = std::conditional_t<
+      kDqSwap,
+      decltype(make_tiled_mma(
+          GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kBlockM>, Int<kBlockN>>,
+                               GMMA::Major::MN, GMMA::Major::K>(),
+          Layout<Shape<_2, _1, _1>>{})),
+      decltype(make_tiled_mma(
+          GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
+                               GMMA::Major::K, GMMA::Major::MN>(),
+          Layout<Shape<_1, _2, _1>>{}))>;
+  // A dQ chunk's accumulator shape, and (row, col) of its element with
+  // coordinate c in it.
+  using ShapedQ = std::conditional_t<kDqSwap, Shape<Int<kDqChunk>, Int<kBlockM>>,
+                                     Shape<Int<kBlockM>, Int<kDqChunk>>>;
+  template <class C>
+  CUTE_HOST_DEVICE static int dq_row(C const& c) {
+    if constexpr (kDqSwap) return int(get<1>(c)); else return int(get<0>(c));
+  }
+  template <class C>
+  CUTE_HOST_DEVICE static int dq_col(C const& c) {
+    if constexpr (kDqSwap) return int(get<0>(c)); else return int(get<1>(c));
+  }
 
   // Q, dO, K, V are read along D in halves (dQ, and dK/dV for d >= 192):
   // the swizzle atom's row must divide D/2.
   using AtomQK = decltype(kmajor_atom<Element, D / 2>());
   using SmemLayoutQ = decltype(tile_to_shape(AtomQK{}, Shape<Int<kBlockM>, Int<D>, Int<kStages>>{}));
-  using SmemLayoutdO = SmemLayoutQ;
+  using SmemLayoutdO =
+      decltype(tile_to_shape(AtomQK{}, Shape<Int<kBlockM>, Int<D>, Int<kStagesdO>>{}));
   using SmemLayoutK = decltype(tile_to_shape(AtomQK{}, Shape<Int<kBlockN>, Int<D>>{}));
   using SmemLayoutV = SmemLayoutK;
   using SmemLayoutQt = decltype(composition(
       SmemLayoutQ{}, make_ordered_layout(Shape<Int<D>, Int<kBlockM>, Int<kStages>>{},
                                          Step<_2, _1, _3>{})));
-  using SmemLayoutdOt = SmemLayoutQt;
+  using SmemLayoutdOt = decltype(composition(
+      SmemLayoutdO{}, make_ordered_layout(Shape<Int<D>, Int<kBlockM>, Int<kStagesdO>>{},
+                                          Step<_2, _1, _3>{})));
   using SmemLayoutKt = decltype(composition(
       SmemLayoutK{}, make_ordered_layout(Shape<Int<D>, Int<kBlockN>>{}, Step<_2, _1>{})));
-  using AtomP = decltype(kmajor_atom<Element, kBlockN>());
+  // A warpgroup's P / dS columns (kBlockN / 2) must be whole swizzle atoms'
+  // worth for its stores; d256's 40 are not a multiple of 16, so its P / dS
+  // go unswizzled, as in FA3.
+  using AtomP = std::conditional_t<(kBlockN / 2) % 16 == 0, decltype(kmajor_atom<Element, kBlockN>()),
+                                   GMMA::Layout_K_INTER_Atom<Element>>;
   using SmemLayoutP = decltype(tile_to_shape(AtomP{}, Shape<Int<kBlockM>, Int<kBlockN>>{}));
   using SmemLayoutdS =
       decltype(tile_to_shape(AtomP{}, Shape<Int<kBlockM>, Int<kBlockN>, Int<kDsStages>>{}));
@@ -158,8 +214,14 @@ struct BwdTraits {
       SmemLayoutdS{}, make_ordered_layout(Shape<Int<kBlockN>, Int<kBlockM>, Int<kDsStages>>{},
                                           Step<_2, _1, _3>{})));
 
+  // stmatrix of P / dS from S's accumulator: x4 stores 16 of a warpgroup's
+  // columns per instruction, x2 8 (d256: 40 columns per warpgroup).
+  using StsmAtom = std::conditional_t<(kBlockN / 2) % 16 == 0, SM90_U32x4_STSM_N,
+                                      SM90_U32x2_STSM_N>;
   using MainloopPipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename MainloopPipeline::PipelineState;
+  using PipelinedO = cutlass::PipelineTmaAsync<kStagesdO>;
+  using PipelineStatedO = typename PipelinedO::PipelineState;
   static constexpr int kTmaBytesQ = kBlockM * D * int(sizeof(Element));
   // Bytes of one Q (dO) stage: the tile, plus lse2 (dPsum) when swapped.
   static constexpr int kRowStatBytes = kSwapSdP ? kBlockM * int(sizeof(float)) : 0;
@@ -176,12 +238,13 @@ struct BwdTraits {
     alignas(1024) cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> smem_ds;
     // A dQ chunk in fragment order, the source of the bulk reduce-adds (the
     // second buffer, smem_dq2, comes last).
-    alignas(128) cute::array_aligned<float, kBlockM * kDqChunk, 128> smem_dq;
+    // (None when the consumers add dQ themselves: d256.)
+    alignas(128) cute::array_aligned<float, kDqChunks == 1 ? kBlockM * kDqChunk : 4, 128> smem_dq;
     // Swapped: lse2 / dPsum of each stage's query rows, loaded with Q / dO.
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_lse2;
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_dpsum;
     typename MainloopPipeline::SharedStorage pipeline_q;
-    typename MainloopPipeline::SharedStorage pipeline_do;
+    typename PipelinedO::SharedStorage pipeline_do;
     cutlass::arch::ClusterTransactionBarrier barrier_kv;
     // The staged dQ hand-off to two writers (deterministic), per step parity
     // and consumer warpgroup: full counts the warpgroup's 4 warps, empty
@@ -381,7 +444,8 @@ struct BwdProducer {
   // the consumers mask (or TMA's zero fill past the tensor's end).
   __device__ __forceinline__ static void run(BwdKernelParams<Traits> const& p,
                                              typename Traits::SharedStorage& ss,
-                                             Pipeline& pipe_q, Pipeline& pipe_do, int n_block,
+                                             Pipeline& pipe_q,
+                                             typename Traits::PipelinedO& pipe_do, int n_block,
                                              int head, BwdSeq const& sq, int m_lo, int m_hi,
                                              bool leader) {
     if (leader && m_hi > m_lo) {
@@ -413,6 +477,7 @@ struct BwdProducer {
       copy(p.tma_v.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tv.partition_S(gV),
            tv.partition_D(ss.v()));
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
+      auto state_do = cutlass::make_producer_start_state<typename Traits::PipelinedO>();
       // Not unrolled: the producer runs on 24 registers (setmaxnreg).
 #pragma unroll 1
       for (int m = m_lo; m < m_hi; ++m) {
@@ -425,9 +490,9 @@ struct BwdProducer {
                                    ss.smem_lse2.data() + state.index() * kBlockM,
                                    Traits::kRowStatBytes);
         }
-        pipe_do.producer_acquire(state);
-        copy(p.tma_do.with(*pipe_do.producer_get_barrier(state), 0), tdOgdO(_, _, _, m),
-             tdOsdO(_, _, _, state.index()));
+        pipe_do.producer_acquire(state_do);
+        copy(p.tma_do.with(*pipe_do.producer_get_barrier(state_do), 0), tdOgdO(_, _, _, m),
+             tdOsdO(_, _, _, state_do.index()));
         if constexpr (Traits::kSwapSdP) {
           SM90_BULK_COPY_G2S::copy(p.dpsum + sq.ws_row + m * kBlockM,
                                    pipe_do.producer_get_barrier(state),
@@ -435,11 +500,12 @@ struct BwdProducer {
                                    Traits::kRowStatBytes);
         }
         ++state;
+        ++state_do;
       }
       // Drain: wait until the consumers released every stage, so the CTA does
       // not exit with TMA loads in flight.
       pipe_q.producer_tail(state);
-      pipe_do.producer_tail(state);
+      pipe_do.producer_tail(state_do);
     }
     __syncwarp();
   }
