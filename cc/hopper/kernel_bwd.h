@@ -21,7 +21,8 @@
 //                  d <= 128 computes S^T and dP^T instead, with P^T and dS^T
 //                  feeding dV/dK from registers (consumer_bwd_swap.h); this
 //                  file's BwdConsumer serves d192/d256 (and any d with
-//                  -DJAX_FA3_BWD_SWAP=0).
+//                  -DJAX_FA3_BWD_SWAP=0). d256 (64 x 80 tiles) computes
+//                  dV^T, dK^T and dQ^T instead (kDkvSwap, mainloop_bwd.h).
 //
 // Grid: (num_n_blocks, num_heads, batch), one CTA per key block and query
 // head; not persistent. Varlen (bwd_kernel<Traits, true>): batch =
