@@ -23,7 +23,9 @@
 namespace jax_fa3::hopper {
 
 // Rows are padded to multiples of these so every tile's workspace access is
-// in bounds (kBlockM 64 or 128, a divisor of kBwdPadM; kBlockN <= 128).
+// in bounds (kBlockM 64 or 128, a divisor of kBwdPadM; kBlockN 64 or 128, a
+// divisor of kBwdPadN). d256's 80-key blocks can reach past the padding:
+// its GQA dK/dV adds skip keys >= seqlen_k (bwd_dkv_epilogue).
 constexpr int64_t kBwdPadM = 128;
 constexpr int64_t kBwdPadN = 128;
 constexpr int64_t kBwdMinBlockM = 64;

@@ -97,9 +97,10 @@ __device__ __forceinline__ float* bwd_dq_block(BwdKernelParams<Traits> const& p,
   return p.dq_accum + dq_m * (Traits::kBlockM * Traits::D);
 }
 
-// d256 (4 dQ chunks): the consumers add their chunks into the accumulator
-// themselves with vector reductions. Through the one 16 KB staging buffer
-// (all that fits beside d256's tiles) each chunk waited for the writer's
+// d256 (2 dQ chunks; 4 in the 64 x 64 A/B build): the consumers add their
+// chunks into the accumulator themselves with vector reductions, and have no
+// staging buffer. Through the one 16 KB buffer that fitted beside the 64 x 64
+// tiles (session 6) each chunk waited for the writer's
 // bulk reduce of the previous one to have read it: ncu put ~35 % of the
 // warps' stall samples on those waits. Deterministic, the writer still
 // keeps the order: it waits for the block's turn (the semaphore), lets the

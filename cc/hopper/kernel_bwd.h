@@ -2,8 +2,8 @@
 //
 //   warpgroup 0  : producer. Warp 0 lane 0 issues TMA: K/V of this CTA's
 //                  key block once, then Q/dO blocks m_lo..m_hi-1 through two
-//                  2-stage PipelineTmaAsync rings (with lse2/dPsum when the
-//                  scores are transposed). Warp 1 is the dQ writer
+//                  PipelineTmaAsync rings of 2 stages (dO: 1 at d256), with
+//                  lse2/dPsum when the scores are transposed. Warp 1 is the dQ writer
 //                  (epilogue_bwd.h BwdDqWriter): bulk reduce-adds of the
 //                  consumers' dQ partials, and the deterministic ordering;
 //                  warp 2 a second one (deterministic d96 / d128 /
@@ -15,7 +15,8 @@
 //                  P, dS -> smem (input dtype)
 //                  dV += P^T dO, dK += dS^T Q                (WGMMA ss, A^T)
 //                  dQ_partial = dS K -> smem -> the dQ writer, which adds it
-//                  into the fp32 workspace (bwd_dq.h)
+//                  into the fp32 workspace (bwd_dq.h); d256's consumers add
+//                  their dQ chunks themselves (red.v4)
 //                  dK, dV: registers -> output (scaled) or, for GQA, atomicAdd
 //                  into fp32 workspace (deterministic: head order).
 //                  d <= 128 computes S^T and dP^T instead, with P^T and dS^T
@@ -98,9 +99,9 @@ struct BwdConsumer {
     Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., chunk)
     constexpr int kDqChunk = Traits::kDqChunk;
 
-    // P / dS stores with stmatrix (four 8x8 tiles per instruction, from the
-    // accumulator layout into the swizzled tiles): 8x fewer shared-memory
-    // store instructions than one 16-bit store per element.
+    // P / dS stores with stmatrix (four 8x8 tiles per instruction, two at
+    // d256, from the accumulator layout into the tiles): 8x (4x) fewer
+    // shared-memory store instructions than one 16-bit store per element.
     auto stsm = make_tiled_copy_C(Copy_Atom<typename Traits::StsmAtom, Element>{}, mma_sdp);
     auto thr_stsm = stsm.get_thread_slice(tid);
     Tensor tPsP = thr_stsm.partition_D(ss.p());
@@ -245,7 +246,7 @@ struct BwdConsumer {
                          p.deterministic, m - m_lo, [&] {
                            if constexpr (Traits::kStagesdO == 1) pipe_do.consumer_release(state_do);
                          });
-      warpgroup_wait<0>();  // dK done: Q and dO may be overwritten
+      warpgroup_wait<0>();  // dK done: Q (and dO, if not released yet) may be overwritten
       pipe_q.consumer_release(state);
       if constexpr (Traits::kStagesdO != 1) pipe_do.consumer_release(state_do);
       ++state;

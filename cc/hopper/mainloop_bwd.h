@@ -30,7 +30,8 @@ using namespace cute;
 //             dQ split along D (each WG owns D/2 columns).
 //   d256:     kBlockN = 80 (below); S/dP split along N (40 keys per WG),
 //             dK^T/dV^T and dQ^T split along D.
-// P and dS always go through smem (they feed dV/dK as A^T and dQ as A).
+// P and dS always go through smem (they feed dV/dK as A^T and dQ as A; at
+// d256, transposed, as B of all three).
 // With dK/dV split along N a warpgroup's dV/dK read only the P/dS columns it
 // wrote itself, so P needs no cross-warpgroup barrier and dS (which dQ reads
 // whole) is double-buffered: one all-consumer barrier per step. Split along
@@ -95,6 +96,9 @@ struct BwdTraits {
   static_assert(!kDkvSwap || kDkvSplitD);
   static constexpr int kStages = 2;
   static constexpr int kStagesdO = kDkvSwap ? 1 : kStages;
+  // consumer_bwd_swap.h and the producer's lse2 / dPsum copies assume one
+  // ring shape for Q and dO when the scores are transposed.
+  static_assert(!kSwapSdP || kStagesdO == kStages);
   // P and dS columns private to their warpgroup (see BwdTileConfig).
   static constexpr bool kPLocal = !kDkvSplitD;
   static constexpr int kDsStages = kPLocal ? 2 : 1;
@@ -139,12 +143,11 @@ struct BwdTraits {
       decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, float, AtomShapeKV,
                                                    GMMA::Major::MN, GMMA::Major::MN>(),
                               AtomLayoutKV{}))>;
-  // dQ = dS K: (kBlockM, D), reduction over kBlockN; WGs split D. d=256 does
-  // it in 4 chunks of 64 columns: fewer accumulators next to the 128 of
-  // dK/dV (without chunks ptxas spilled ~90 bytes), and a 16 KB fp32 staging
-  // buffer (bwd_dq.h) is what still fits next to its 208 KB of tiles.
-  // Swapped (64 x 80), two chunks of 128 rows of D (each warpgroup one
-  // 64 x 64 atom: 32 registers beside dK^T / dV^T's 160).
+  // dQ = dS K: (kBlockM, D), reduction over kBlockN; WGs split D. d256 does
+  // it in chunks, fewer accumulators next to dK/dV's (without chunks the
+  // 64 x 64 tile spilled ~90 bytes): swapped (64 x 80), two chunks of 128
+  // rows of D (each warpgroup one 64 x 64 atom: 32 registers beside dK^T /
+  // dV^T's 160); the 64 x 64 A/B build, 4 chunks of 64 columns.
   static constexpr int kDqChunks = D == 256 ? (kDqSwap ? 2 : 4) : 1;
   static constexpr int kDqChunk = D / kDqChunks;
   // One-chunk dQ staging buffers (epilogue_bwd.h) for the deterministic
