@@ -110,6 +110,9 @@ namespace jax_fa3::hopper {
 // launch about one step apart: with every SM busy, CTAs of m_steps steps
 // launch ~m_steps / 132 steps apart (H100), so ~128 / m_steps groups
 // (2k at kBlockM 64: 4; from 8k on: 1, the group alone).
+#ifndef JAX_FA3_BWD_LPT_MB  // build-time override for A/B experiments (lpt_groups; 0: off)
+#define JAX_FA3_BWD_LPT_MB 32
+#endif
 #ifndef JAX_FA3_BWD_DET_SPAN  // build-time override for A/B experiments
 #define JAX_FA3_BWD_DET_SPAN 128
 #endif
@@ -197,6 +200,13 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.det_groups =
       a.deterministic ? bwd_det_groups(int((a.seqlen_q + kBlockM - 1) / kBlockM),
                                        a.num_heads * nb) : 1;
+  kp.lpt_groups = 1;
+  if (!a.deterministic && !vl && kp.mask.right >= 0 && kp.mask.left < 0) {
+    // As many groups as keep their dQ accumulators within JAX_FA3_BWD_LPT_MB.
+    int64_t const per_group = w.sq_pad * D * int64_t(sizeof(float));
+    kp.lpt_groups = int(std::clamp<int64_t>((int64_t(JAX_FA3_BWD_LPT_MB) << 20) / per_group, 1,
+                                            a.num_heads * nb));
+  }
   // Two instantiations: the dense one keeps its addressing (kernel_bwd.h).
   auto kernel = vl ? bwd_kernel<Traits, true> : bwd_kernel<Traits, false>;
   constexpr int smem = Traits::kSmemBytes;
