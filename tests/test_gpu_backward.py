@@ -62,6 +62,15 @@ def test_backward_fp16(rng, d, causal):
   _check(rng, 2, 200, 311, 4, 1, d, jnp.float16, causal=causal)
 
 
+@pytest.mark.parametrize("d,b,sq,sk", [(64, 3, 8192, 4096), (256, 2, 4096, 1280)])
+def test_backward_causal_long_launch_order(rng, d, b, sq, sk):
+  # From 64 query blocks on, the causal default mode launches chunks of
+  # (batch, head) groups key block by key block (launch_bwd.h
+  # bwd_lpt_groups): d64 chunks of 9 of the 12 groups (the last short),
+  # d256 one chunk of all 8; GQA 4/2.
+  _check(rng, b, sq, sk, 4, 2, d, jnp.bfloat16, causal=True)
+
+
 @pytest.mark.parametrize("sq,sk", [(1, 1), (1, 300), (17, 113), (113, 17), (1000, 129),
                                    (129, 1000)])
 @pytest.mark.parametrize("causal", [False, True])
