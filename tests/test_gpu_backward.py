@@ -63,11 +63,10 @@ def test_backward_fp16(rng, d, causal):
 
 
 @pytest.mark.parametrize("d,b,sq,sk", [(64, 3, 8192, 4096), (256, 2, 4096, 1280)])
-def test_backward_causal_long_launch_order(rng, d, b, sq, sk):
-  # From 64 query blocks on, the causal default mode launches chunks of
-  # (batch, head) groups key block by key block (launch_bwd.h
-  # bwd_lpt_groups): d64 chunks of 9 of the 12 groups (the last short),
-  # d256 one chunk of all 8; GQA 4/2.
+def test_backward_causal_long(rng, d, b, sq, sk):
+  # Causal with many query blocks per key block (64 at d64's 128-row and
+  # d256's 64-row steps), sq > sk (bottom-right aligned), GQA 4/2, several
+  # (batch, head) groups.
   _check(rng, b, sq, sk, 4, 2, d, jnp.bfloat16, causal=True)
 
 

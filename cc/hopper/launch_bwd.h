@@ -110,21 +110,6 @@ namespace jax_fa3::hopper {
 // launch about one step apart: with every SM busy, CTAs of m_steps steps
 // launch ~m_steps / 132 steps apart (H100), so ~128 / m_steps groups
 // (2k at kBlockM 64: 4; from 8k on: 1, the group alone).
-// The causal default mode's launch chunks (BwdKernelParams::lpt_groups):
-// enough groups that a chunk's key blocks fill two waves of 132 CTAs, so
-// that the last chunk's longest CTA does not start with the GPU nearly done;
-// from 64 query blocks on (m_steps; 0: not causal). H100 harness, causal
-// default mode: 8k d128 / d256 1.03-1.04x, 16k d256 1.01x; at 2k, where
-// it gained nothing, chunks of 32-64 groups (every group's dQ accumulator
-// at once) ran 0.95x, and all groups at once 0.53-0.68x.
-#ifndef JAX_FA3_BWD_LPT_MIN_M  // build-time override for A/B experiments (0: off)
-#define JAX_FA3_BWD_LPT_MIN_M 64
-#endif
-inline int bwd_lpt_groups(int m_steps, int n_blocks, int64_t groups) {
-  if (JAX_FA3_BWD_LPT_MIN_M == 0 || m_steps < JAX_FA3_BWD_LPT_MIN_M) return 1;
-  int64_t g = (2 * 132 + n_blocks - 1) / std::max(n_blocks, 1);
-  return int(std::clamp<int64_t>(g, 1, std::max<int64_t>(groups, 1)));
-}
 #ifndef JAX_FA3_BWD_DET_SPAN  // build-time override for A/B experiments
 #define JAX_FA3_BWD_DET_SPAN 128
 #endif
@@ -212,8 +197,6 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.det_groups =
       a.deterministic ? bwd_det_groups(int((a.seqlen_q + kBlockM - 1) / kBlockM),
                                        a.num_heads * nb) : 1;
-  kp.lpt_groups = bwd_lpt_groups(a.deterministic || vl || kp.mask.right < 0 || kp.mask.left >= 0
-                                     ? 0 : num_m, num_n, a.num_heads * nb);
   // Two instantiations: the dense one keeps its addressing (kernel_bwd.h).
   auto kernel = vl ? bwd_kernel<Traits, true> : bwd_kernel<Traits, false>;
   constexpr int smem = Traits::kSmemBytes;

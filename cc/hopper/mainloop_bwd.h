@@ -342,10 +342,6 @@ struct BwdKernelParams {
   // Deterministic: how many (batch, head) groups the launch interleaves
   // (cta_coords); 1 otherwise.
   int det_groups;
-  // Default mode, dense, causal without a left window: how many (batch,
-  // head) groups the launch takes key block by key block, ascending
-  // (cta_coords); 1 otherwise.
-  int lpt_groups;
   // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
   // The offsets as every varlen kernel reads them (clamped, varlen.h); the
@@ -390,18 +386,8 @@ struct BwdKernelParams {
   // at every step, and a short sequence (few steps per CTA) loses most
   // (d256 2k: 0.76x the default mode). Launched det_groups CTAs later it
   // already lags that much. Every wait is still on a CTA launched before.
-  //
-  // lpt_groups (default mode, causal): key block n has fewer query blocks
-  // the larger n is, and launched group by group the long first blocks of
-  // the last groups start when the rest of the GPU is nearly done (at 4k
-  // d256, 32 groups: a 64-step CTA starts with ~13 steps per SM left).
-  // Chunks of lpt_groups groups launched key block by key block, ascending,
-  // put the long blocks of a chunk first (longest processing time first).
-  // The chunk is kept small enough for its dQ accumulators to stay in L2:
-  // all groups at once (every group's key blocks adding at the same time)
-  // ran 2k at 0.53-0.68x.
   __device__ __forceinline__ void cta_coords(int* n_block, int* head, int* batch) const {
-    if (!deterministic && lpt_groups <= 1) {
+    if (!deterministic) {
       *n_block = int(blockIdx.x);
       *head = int(blockIdx.y);
       *batch = int(blockIdx.z);
@@ -412,13 +398,12 @@ struct BwdKernelParams {
     int const id = int(blockIdx.x) + nn * int(blockIdx.y + gridDim.y * blockIdx.z);
     // Chunks of det_groups groups (the last may be short), each launched
     // key block by key block, the chunk's groups fastest.
-    int const span = deterministic ? det_groups : lpt_groups;
-    int const chunk = id / (nn * span);
-    int const g0 = chunk * span;
-    int const in_chunk = min(span, groups - g0);
-    int const r = id - chunk * nn * span;
+    int const chunk = id / (nn * det_groups);
+    int const g0 = chunk * det_groups;
+    int const in_chunk = min(det_groups, groups - g0);
+    int const r = id - chunk * nn * det_groups;
     int const g = g0 + r % in_chunk;
-    *n_block = deterministic ? nn - 1 - r / in_chunk : r / in_chunk;
+    *n_block = nn - 1 - r / in_chunk;
     *head = g % int(gridDim.y);
     *batch = g / int(gridDim.y);
   }
