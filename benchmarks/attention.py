@@ -255,25 +255,23 @@ def format_tables(records, impls, seqlens) -> str:
         dts = {r["dtype"] for (i, _), r in pts.items() if i == impl}
         name = impl + (" (fp16)" if dts == {"float16"} else "")
         lines.append(f"{name:<22}" + "".join(f"{c:>{col}}" for c in cells))
-    if "jax_fa3" in impls and len(impls) > 1:
+    def ratio_row(label, num, den):
+      """A row of num(s) / den(s) TF/s over the seqlens ("-" where missing)."""
       cells = []
       for s in seqlens:
-        ours = pts.get(("jax_fa3", s), {}).get("tflops")
-        peers = [pts.get((i, s), {}).get("tflops") for i in impls
-                 if i not in _OURS]
-        peers = [p for p in peers if p]
-        cells.append(f"{ours / max(peers):.2f}" if ours and peers else "-")
-      lines.append(f"{'jax_fa3 / best peer':<22}" +
-                   "".join(f"{c:>{col}}" for c in cells))
+        n, d = num(s), den(s)
+        cells.append(f"{n / d:.2f}" if n and d else "-")
+      lines.append(f"{label:<22}" + "".join(f"{c:>{col}}" for c in cells))
+
+    tflops = lambda impl: lambda s: pts.get((impl, s), {}).get("tflops")
+    if "jax_fa3" in impls and len(impls) > 1:
+      best_peer = lambda s: max(
+          [t for t in (tflops(i)(s) for i in impls if i not in _OURS) if t],
+          default=None)
+      ratio_row("jax_fa3 / best peer", tflops("jax_fa3"), best_peer)
     if "jax_fa3" in impls and "jax_fa3-det" in impls:
       # Issue 4's target: the deterministic backward within 20 % of the default.
-      cells = []
-      for s in seqlens:
-        ours = pts.get(("jax_fa3", s), {}).get("tflops")
-        det = pts.get(("jax_fa3-det", s), {}).get("tflops")
-        cells.append(f"{det / ours:.2f}" if ours and det else "-")
-      lines.append(f"{'jax_fa3-det / jax_fa3':<22}" +
-                   "".join(f"{c:>{col}}" for c in cells))
+      ratio_row("jax_fa3-det / jax_fa3", tflops("jax_fa3-det"), tflops("jax_fa3"))
     errs = [r for r in pts.values() if r.get("max_err_vs_cudnn") is not None]
     if errs:
       worst = max(errs, key=lambda r: r["max_err_vs_cudnn"])

@@ -45,6 +45,17 @@ __device__ __forceinline__ void bulk_wait_complete() {
   asm volatile("cp.async.bulk.wait_group 0;" : : : "memory");
 }
 
+// Row / column of the tile for coordinate c of an accumulator that holds the
+// tile (kT false) or its transpose (d256's dQ^T, dK^T, dV^T).
+template <bool kT, class C>
+__host__ __device__ __forceinline__ int tile_row(C const& c) {
+  if constexpr (kT) return int(cute::get<1>(c)); else return int(cute::get<0>(c));
+}
+template <bool kT, class C>
+__host__ __device__ __forceinline__ int tile_col(C const& c) {
+  if constexpr (kT) return int(cute::get<0>(c)); else return int(cute::get<1>(c));
+}
+
 // Thread t's fp32 fragment in fragment order: f(float4 index, value).
 template <int kThreads, class Frag, class F>
 __device__ __forceinline__ void dq_frag_for_each(Frag const& frag, int t, F&& f) {
@@ -133,7 +144,8 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
       float vals[4] = {v.x, v.y, v.z, v.w};
       CUTE_UNROLL
       for (int k = 0; k < 4; ++k) {
-        int row = Traits::dq_row(cQ(4 * j + k)), col = Traits::dq_col(cQ(4 * j + k));
+        int row = tile_row<Traits::kDqSwap>(cQ(4 * j + k));
+        int col = tile_col<Traits::kDqSwap>(cQ(4 * j + k));
         tile[row * kPitch + col] = static_cast<Element>(vals[k] * scale);
       }
     }

@@ -51,8 +51,8 @@ struct BwdConsumerSwap {
     Tensor tdPrdO = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.dO()));  // (.., stage)
     Tensor tdVrdOt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.dOt()));  // (.., stage)
     Tensor tdKrQt = thr_dkv.make_fragment_B(thr_dkv.partition_B(ss.qt()));    // (.., stage)
-    Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
-    Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., 1 chunk)
+    Tensor tdQrdS = bwd_dq_ds<Traits>(thr_dq, ss);  // (.., dS stage)
+    Tensor tdQrKt = bwd_dq_kt<Traits>(thr_dq, ss);  // (.., 1 chunk)
 
     // dS^T -> smem as dS (queries, keys): the transposing stmatrix writes the
     // accumulator's 8x8 tiles with the keys contiguous.

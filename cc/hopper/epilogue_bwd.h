@@ -64,20 +64,26 @@ __device__ __forceinline__ void bwd_mask_rows(TensorS& s, TensorC const& coord, 
   }
 }
 
+// Thread slice thr's fragment of the smem tensor t as operand A (kA) or B:
+// d256 computes its dK / dV / dQ GEMMs transposed, with A and B exchanged.
+template <bool kA, class ThrMma, class T>
+__device__ __forceinline__ auto bwd_operand(ThrMma const& thr, T const& t) {
+  if constexpr (kA) return thr.make_fragment_A(thr.partition_A(t));
+  else return thr.make_fragment_B(thr.partition_B(t));
+}
+
 // The dQ GEMM's operands, the same for both step layouts: dS (.., dS
 // stage) and K^T in kDqChunks chunks of D (.., chunk); A and B in that
 // order, or swapped (kDqSwap: dQ^T = K^T dS^T).
 template <class Traits, class ThrMma>
-__device__ __forceinline__ auto bwd_dq_a(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
-  if constexpr (Traits::kDqSwap) return thr_dq.make_fragment_B(thr_dq.partition_B(ss.ds()));
-  else return thr_dq.make_fragment_A(thr_dq.partition_A(ss.ds()));
+__device__ __forceinline__ auto bwd_dq_ds(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
+  return bwd_operand<!Traits::kDqSwap>(thr_dq, ss.ds());
 }
 template <class Traits, class ThrMma>
-__device__ __forceinline__ auto bwd_dq_b(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
+__device__ __forceinline__ auto bwd_dq_kt(ThrMma const& thr_dq, typename Traits::SharedStorage& ss) {
   auto chunks = local_tile(ss.kt(), Shape<Int<Traits::kDqChunk>, Int<Traits::kBlockN>>{},
                            make_coord(_, _0{}));
-  if constexpr (Traits::kDqSwap) return thr_dq.make_fragment_A(thr_dq.partition_A(chunks));
-  else return thr_dq.make_fragment_B(thr_dq.partition_B(chunks));
+  return bwd_operand<Traits::kDqSwap>(thr_dq, chunks);
 }
 // Issues dQ chunk ch (zeroing the accumulator first).
 template <class Traits, class MmaDq, class TdS, class TKt, class TC>
@@ -449,12 +455,8 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
   BwdSeq const se = p.template seq<kVarlen>(batch, head);
   // (key row, column of D) of accumulator element i.
   Tensor cKV = thr_dkv.partition_C(make_identity_tensor(typename Traits::ShapedKV{}));
-  auto key_of = [&](int i) {
-    if constexpr (Traits::kDkvSwap) return int(get<1>(cKV(i))); else return int(get<0>(cKV(i)));
-  };
-  auto col_of = [&](int i) {
-    if constexpr (Traits::kDkvSwap) return int(get<0>(cKV(i))); else return int(get<1>(cKV(i)));
-  };
+  auto key_of = [&](int i) { return tile_row<Traits::kDkvSwap>(cKV(i)); };
+  auto col_of = [&](int i) { return tile_col<Traits::kDkvSwap>(cKV(i)); };
   if (p.h_h_k_ratio == 1) {
     Element* dk = static_cast<Element*>(p.dk) + batch * p.k_batch_stride + head * p.k_head_stride;
     Element* dv = static_cast<Element*>(p.dv) + batch * p.k_batch_stride + head * p.k_head_stride;
@@ -466,21 +468,21 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
       int64_t const off = int64_t(n0) * p.k_row_stride;  // the block's first key row
       bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk + off, dv + off,
                                     se.mask.seqlen_k - n0, tid);
-      return;
-    }
-    CUTE_UNROLL
-    for (int i = 0; i < size(tdKrdK); i += 2) {
-      int row = n0 + key_of(i);
-      int col = col_of(i);
-      if (row < se.mask.seqlen_k) {
-        cutlass::NumericArrayConverter<Element, float, 2> cvt;
-        cutlass::Array<float, 2> k2, v2;
-        k2[0] = tdKrdK(i) * p.softmax_scale;
-        k2[1] = tdKrdK(i + 1) * p.softmax_scale;
-        v2[0] = tdVrdV(i);
-        v2[1] = tdVrdV(i + 1);
-        *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
-        *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
+    } else {
+      CUTE_UNROLL
+      for (int i = 0; i < size(tdKrdK); i += 2) {
+        int row = n0 + key_of(i);
+        int col = col_of(i);
+        if (row < se.mask.seqlen_k) {
+          cutlass::NumericArrayConverter<Element, float, 2> cvt;
+          cutlass::Array<float, 2> k2, v2;
+          k2[0] = tdKrdK(i) * p.softmax_scale;
+          k2[1] = tdKrdK(i + 1) * p.softmax_scale;
+          v2[0] = tdVrdV(i);
+          v2[1] = tdVrdV(i + 1);
+          *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
+          *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
+        }
       }
     }
   } else {

@@ -83,21 +83,16 @@ struct BwdConsumer {
     Tensor tdPrV = thr_sdp.make_fragment_B(thr_sdp.partition_B(ss.v()));
     // dV += P^T dO and dK += dS^T Q, or swapped (kDkvSwap) dV^T += dO^T P
     // and dK^T += Q^T dS: the same smem views, as the other operand.
-    auto frag_kv = [&](auto const& t, auto is_a) {
-      if constexpr (decltype(is_a)::value) return thr_dkv.make_fragment_A(thr_dkv.partition_A(t));
-      else return thr_dkv.make_fragment_B(thr_dkv.partition_B(t));
-    };
-    Tensor tdVrPt = frag_kv(ss.pt(), cute::bool_constant<!kSwapKV>{});
-    Tensor tdVrdOt = frag_kv(ss.dOt(), cute::bool_constant<kSwapKV>{});  // (.., dO stage)
-    Tensor tdKrdSt = frag_kv(ss.dst(), cute::bool_constant<!kSwapKV>{});  // (.., dS stage)
-    Tensor tdKrQt = frag_kv(ss.qt(), cute::bool_constant<kSwapKV>{});     // (.., stage)
+    Tensor tdVrPt = bwd_operand<!kSwapKV>(thr_dkv, ss.pt());
+    Tensor tdVrdOt = bwd_operand<kSwapKV>(thr_dkv, ss.dOt());  // (.., dO stage)
+    Tensor tdKrdSt = bwd_operand<!kSwapKV>(thr_dkv, ss.dst());  // (.., dS stage)
+    Tensor tdKrQt = bwd_operand<kSwapKV>(thr_dkv, ss.qt());     // (.., stage)
     auto issue_kv = [&](auto const& pt_or_dst, auto const& dot_or_qt, auto& acc) {
       if constexpr (kSwapKV) wgmma_issue<false>(mma_dkv, dot_or_qt, pt_or_dst, acc);
       else wgmma_issue<false>(mma_dkv, pt_or_dst, dot_or_qt, acc);
     };
-    Tensor tdQrdS = bwd_dq_a<Traits>(thr_dq, ss);  // (.., dS stage)
-    Tensor tdQrKt = bwd_dq_b<Traits>(thr_dq, ss);  // (.., chunk)
-    constexpr int kDqChunk = Traits::kDqChunk;
+    Tensor tdQrdS = bwd_dq_ds<Traits>(thr_dq, ss);  // (.., dS stage)
+    Tensor tdQrKt = bwd_dq_kt<Traits>(thr_dq, ss);  // (.., chunk)
 
     // P / dS stores with stmatrix (four 8x8 tiles per instruction, two at
     // d256, from the accumulator layout into the tiles): 8x (4x) fewer
@@ -258,6 +253,17 @@ struct BwdConsumer {
   }
 };
 
+// The Q and dO rings: the same parameters, their own stage counts (P).
+template <class Traits, class P>
+__device__ __forceinline__ P bwd_make_pipe(typename P::SharedStorage& storage, int warp_group) {
+  typename P::Params pp;
+  pp.transaction_bytes = Traits::kStageBytesQ;
+  pp.role = warp_group == 0 ? P::ThreadCategory::Producer : P::ThreadCategory::Consumer;
+  pp.is_leader = threadIdx.x == 0;
+  pp.num_consumers = Traits::kNumMmaThreads;
+  return P(storage, pp, Shape<_1, _1, _1>{});
+}
+
 template <class Traits, bool kVarlen>
 __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     bwd_kernel(CUTE_GRID_CONSTANT BwdKernelParams<Traits> const p) {
@@ -292,21 +298,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
     if constexpr (kVarlen) ss.seq = sq;
   }
-  typename Pipeline::Params pp;
-  pp.transaction_bytes = Traits::kStageBytesQ;
-  pp.role = warp_group == 0 ? Pipeline::ThreadCategory::Producer
-                            : Pipeline::ThreadCategory::Consumer;
-  pp.is_leader = threadIdx.x == 0;
-  pp.num_consumers = Traits::kNumMmaThreads;
-  Pipeline pipe_q(ss.pipeline_q, pp, Shape<_1, _1, _1>{});
-  using PipelinedO = typename Traits::PipelinedO;
-  typename PipelinedO::Params ppdo;
-  ppdo.transaction_bytes = pp.transaction_bytes;
-  ppdo.role = warp_group == 0 ? PipelinedO::ThreadCategory::Producer
-                              : PipelinedO::ThreadCategory::Consumer;
-  ppdo.is_leader = pp.is_leader;
-  ppdo.num_consumers = pp.num_consumers;
-  PipelinedO pipe_do(ss.pipeline_do, ppdo, Shape<_1, _1, _1>{});
+  auto pipe_q = bwd_make_pipe<Traits, Pipeline>(ss.pipeline_q, warp_group);
+  auto pipe_do = bwd_make_pipe<Traits, typename Traits::PipelinedO>(ss.pipeline_do, warp_group);
   cutlass::arch::fence_barrier_init();
   __syncthreads();
 

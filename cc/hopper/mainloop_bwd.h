@@ -174,18 +174,9 @@ struct BwdTraits {
           GMMA::ss_op_selector<Element, Element, float, Shape<_64, Int<kDqChunk / 2>, Int<kBlockN>>,
                                GMMA::Major::K, GMMA::Major::MN>(),
           Layout<Shape<_1, _2, _1>>{}))>;
-  // A dQ chunk's accumulator shape, and (row, col) of its element with
-  // coordinate c in it.
+  // A dQ chunk's accumulator shape (bwd_dq.h tile_row / tile_col read it).
   using ShapedQ = std::conditional_t<kDqSwap, Shape<Int<kDqChunk>, Int<kBlockM>>,
                                      Shape<Int<kBlockM>, Int<kDqChunk>>>;
-  template <class C>
-  CUTE_HOST_DEVICE static int dq_row(C const& c) {
-    if constexpr (kDqSwap) return int(get<1>(c)); else return int(get<0>(c));
-  }
-  template <class C>
-  CUTE_HOST_DEVICE static int dq_col(C const& c) {
-    if constexpr (kDqSwap) return int(get<0>(c)); else return int(get<1>(c));
-  }
 
   // Q, dO, K, V are read along D in halves (dQ, and dK/dV for d >= 192):
   // the swizzle atom's row must divide D/2.
