@@ -26,6 +26,10 @@
 #            compute-sanitizer memcheck
 #   varlenbench  python -m benchmarks.varlen ($VARLEN_FLAGS)
 #   demo     the README's demo
+#   kprof    per-kernel times under ncu (no clock or cache control): the
+#            backward's pre/main/convert kernels and cuDNN's, for the
+#            varlen documents and dense 2k/16k (KPROF_DIM, default 128);
+#            summary by scripts/kprof_summary.py
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
 # $OUT gets summary.txt, the benchmark's json/md/png and logs/ (written there
@@ -309,6 +313,23 @@ PY
       $lowpin python3 -m benchmarks.varlen --out_dir "$OUT" ${VARLEN_FLAGS:-} >"$LOGS/bench_varlen.log" 2>&1
       stamp "bench varlen: rc=$?"
       grep -A20 "^impl" "$LOGS/bench_varlen.log" | tee -a "$summary"
+      ;;
+    kprof)
+      d=${KPROF_DIM:-128}
+      mets=gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_elapsed.max,launch__grid_size
+      quick="--warmup 1 --iters 1 --min_rep_ms 0 --input_sets 1 --check=false"
+      ncu --clock-control none --cache-control none --csv --page raw --metrics $mets \
+        python3 -m benchmarks.varlen --modes bwd --head_dim $d --heads $((2048 / d)) \
+        --impls jax_fa3-varlen,jax-cudnn-padded,jax_fa3-dense --out_dir /tmp/kp $quick \
+        >"$OUT/kprof_varlen_d$d.csv" 2>"$LOGS/kprof_varlen.log"
+      stamp "kprof varlen d$d: rc=$?"
+      python3 scripts/kprof_summary.py "$OUT/kprof_varlen_d$d.csv" | tee -a "$summary"
+      ncu --clock-control none --cache-control none --csv --page raw --metrics $mets \
+        python3 -m benchmarks.attention --modes bwd --head_dims $d --seqlens 2048,16384 \
+        --impls jax_fa3,jax-cudnn --out_dir /tmp/kp $quick \
+        >"$OUT/kprof_dense_d$d.csv" 2>"$LOGS/kprof_dense.log"
+      stamp "kprof dense d$d: rc=$?"
+      python3 scripts/kprof_summary.py "$OUT/kprof_dense_d$d.csv" | tee -a "$summary"
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"

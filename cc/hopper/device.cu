@@ -1,6 +1,8 @@
-// Device checks and the not-yet-written backward of the Hopper backend.
+// Device checks, the stubs of a build without the backward, and the
+// launchers' shared A/B switch of the Hopper backend.
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -65,5 +67,12 @@ std::string run_bwd(const AttnParams&, void*) {
 #endif
 
 bool built() { return true; }
+
+// The varlen launch-order A/B switch of both launchers (launch_fwd.h,
+// launch_bwd.h): here, in the one file every build of them links.
+bool varlen_plain_rr() {
+  const char* e = std::getenv("JAX_FA3_VARLEN_PLAIN_RR");
+  return e && e[0] == '1';
+}
 
 }  // namespace jax_fa3::hopper

@@ -277,6 +277,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   int const lane = threadIdx.x % 32;
   int n_block, head, batch;
   p.cta_coords(&n_block, &head, &batch);
+  if constexpr (kVarlen) {
+    if (p.seq_order != nullptr) batch = p.seq_order[batch];
+  }
   // Varlen: the grid covers the longest sequence; the others' surplus key
   // blocks have nothing to do (no other CTA waits on them).
   BwdSeq const sq = p.template seq<kVarlen>(batch, head);

@@ -127,13 +127,19 @@ std::string run_bwd(const AttnParams& p, void* stream) {
            std::to_string(p.workspace_bytes) + " < " + std::to_string(w.bytes) + " bytes)";
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t err = cudaMemsetAsync(static_cast<char*>(p.workspace) + w.zero_begin, 0,
-                                    size_t(w.bytes - w.zero_begin), s);
-  if (err != cudaSuccess) {
-    return std::string("jax_fa3 hopper bwd: cudaMemsetAsync failed: ") + cudaGetErrorString(err);
+  bool const main_kernel = BwdWorkspace::main_kernel(p);
+  // The preprocess zeroes the dQ accumulator when it runs (with the main
+  // kernel); the memset covers the rest.
+  int64_t const zero_from = main_kernel ? w.dq_end : w.zero_begin;
+  if (w.bytes > zero_from) {
+    cudaError_t err = cudaMemsetAsync(static_cast<char*>(p.workspace) + zero_from, 0,
+                                      size_t(w.bytes - zero_from), s);
+    if (err != cudaSuccess) {
+      return std::string("jax_fa3 hopper bwd: cudaMemsetAsync failed: ") +
+             cudaGetErrorString(err);
+    }
   }
   std::string e;
-  bool const main_kernel = BwdWorkspace::main_kernel(p);
   if (main_kernel) {
     e = bwd_preprocess(p, w, s);
     if (!e.empty()) return e;

@@ -18,6 +18,13 @@
 
 namespace jax_fa3::hopper {
 
+// Varlen: the main kernel's launch order of sequences, longest first, is
+// sorted on the device (one block, bwd_preprocess.cu) for up to this many
+// sequences; more keep their order, and so do all with the forward's A/B
+// switch JAX_FA3_VARLEN_PLAIN_RR=1 (varlen_plain_rr, launch_fwd.h).
+constexpr int64_t kBwdSeqOrderMax = 4096;
+bool varlen_plain_rr();
+
 struct BwdWorkspace {
   // Dense: per (batch, head), rows padded to sq_pad / sk_pad. Varlen
   // (bwd_scratch.h): per head, all sequences in one padded run of sq_pad /
@@ -25,9 +32,11 @@ struct BwdWorkspace {
   int64_t sq_pad = 0, sk_pad = 0, num_m = 0, num_n_max = 0, ws_batch = 0;
   // byte offsets; -1: absent
   int64_t off_lse2 = 0, off_dpsum = 0, off_dq = 0, off_dk = -1, off_dv = -1, off_sem_dq = -1,
-          off_sem_dkv = -1;
+          off_sem_dkv = -1, off_seq_order = -1;
   int64_t bytes = 0;          // total
   int64_t zero_begin = 0;     // [zero_begin, bytes) must be zeroed before the kernel
+  int64_t dq_end = 0;         // [zero_begin, dq_end): the dQ accumulator, which the
+                              // preprocess zeroes when it runs (bwd_preprocess.cu)
 
   // Whether the main kernel runs (else dQ, dK, dV are zeros from the zeroed
   // accumulators). A TMA descriptor cannot describe an empty tensor.
@@ -60,8 +69,11 @@ struct BwdWorkspace {
     };
     w.off_lse2 = take(bh * w.sq_pad * 4);
     w.off_dpsum = take(bh * w.sq_pad * 4);
+    if (p.is_varlen && p.num_seqs > 1 && p.num_seqs <= kBwdSeqOrderMax && !varlen_plain_rr())
+      w.off_seq_order = take(p.num_seqs * 4);
     w.zero_begin = o;
     w.off_dq = take(bh * w.sq_pad * p.head_dim * 4);
+    w.dq_end = o;
     // fp32 dK/dV accumulators: GQA sums over the group's query heads;
     // without query rows the kernel does not run and the zeros come from here.
     bool const no_q = p.is_varlen ? (p.total_q == 0 || p.max_seqlen_q == 0) : p.seqlen_q == 0;
@@ -190,6 +202,7 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.cu_k = vl ? a.cu_seqlens_k : nullptr;
   kp.used_q = vl ? a.seqused_q : nullptr;
   kp.used_k = vl ? a.seqused_k : nullptr;
+  kp.seq_order = w.at<int32_t>(ws, w.off_seq_order);
   int64_t const nb = vl ? a.num_seqs : a.batch;
 
   if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";

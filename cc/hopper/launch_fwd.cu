@@ -157,8 +157,6 @@ bool env_on(const char* name) {
 
 bool fwd_grid_per_tile() { return env_on("JAX_FA3_FWD_GRID_PER_TILE"); }
 
-bool varlen_plain_rr() { return env_on("JAX_FA3_VARLEN_PLAIN_RR"); }
-
 int fwd_wide_override() {
   const char* e = std::getenv("JAX_FA3_FWD_WIDE");
   if (e == nullptr || (e[0] != '0' && e[0] != '1') || e[1] != '\0') return -1;

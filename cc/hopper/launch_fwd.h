@@ -29,6 +29,8 @@ int sm_count_cached();
 // Plain round robin over the varlen units (no sorting, no snake) when the
 // environment variable JAX_FA3_VARLEN_PLAIN_RR is set to 1: for measuring
 // the scheduler against its baseline (tests/cuda/fwd_varlen_harness.cu).
+// The backward then keeps the input order of sequences too (launch_bwd.h).
+// Defined in device.cu.
 bool varlen_plain_rr();
 
 // One CTA per tile (per unit: a heavy/light causal pair, or a varlen unit)

@@ -333,6 +333,10 @@ struct BwdKernelParams {
   // Deterministic: how many (batch, head) groups the launch interleaves
   // (cta_coords); 1 otherwise.
   int det_groups;
+  // Varlen: launch slot (blockIdx.z) -> sequence, longest query first, so
+  // the long sequences' CTAs do not form the grid's tail (bwd_seq_order in
+  // bwd_preprocess.cu); null: slot = sequence.
+  const int32_t* seq_order;
   // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
   // The offsets as every varlen kernel reads them (clamped, varlen.h); the
