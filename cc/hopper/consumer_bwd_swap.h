@@ -77,6 +77,7 @@ struct BwdConsumerSwap {
     bool const cap = p.softcap != 0.f;
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 2);
     PipelineState state;
     for (int m = m_lo; m < m_hi; ++m) {
       Tensor tSrS = partition_fragment_C(mma_sdp, Shape<Int<kBlockN>, Int<kBlockM>>{});
@@ -171,9 +172,12 @@ struct BwdConsumerSwap {
       pipe_q.consumer_release(state);
       pipe_do.consumer_release(state);
       ++state;
+      if (tid == 0 && m == m_lo) JAX_FA3_BWD_TRACE_AT(p, 3);
     }
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 4);
     bwd_dkv_epilogue<Traits, kVarlen>(p, ss, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 5);
   }
 };
 

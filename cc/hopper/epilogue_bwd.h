@@ -398,15 +398,22 @@ __device__ __forceinline__ void bwd_dkv_bulk_add(BwdKernelParams<Traits> const& 
   if (wg_tid == 0) bulk_wait_complete();
 }
 
-// dK^T / dV^T accumulators (kDkvSwap) -> output rows (dk, dv: the key
-// block's first row; rows: how many of its keys exist). A thread's
-// neighbouring elements are neighbouring keys, i.e. rows of the output, so
-// the tiles are transposed through shared memory (dK into smem_k, dV into
-// smem_v, free once every consumer's last GEMM is done) and leave in
-// 16-byte row segments. The 16-byte chunks of a row are XOR-swizzled by the
-// row (key % 8) so that the consumers' 2-byte stores hit different banks.
+// dK / dV accumulators -> output rows (dk, dv: the key block's first row;
+// rows: how many of its keys exist), through shared memory: dK into smem_k,
+// dV into smem_v (free once every consumer's last GEMM is done), then out
+// in 16-byte row segments. key_of / col_of place accumulator element i, so
+// one path serves both layouts: dK^T / dV^T (kDkvSwap), whose neighbouring
+// elements are neighbouring keys (rows of the output), and dK / dV, whose
+// element pairs stored straight from registers took 5.9 us per CTA at d128
+// (4-byte stores scattered over 8 rows per warp instruction), against
+// 2.4 us for d256's 80 x 256 tiles this way (H100, CTA timeline of
+// bwd_trace.h; a 2k CTA lasts ~68 us). The 16-byte chunks of a row are
+// XOR-swizzled by the row so that the consumers' 2-byte stores hit
+// different banks: key % 8 over groups of 64 columns, key % 4 over groups
+// of 32 at D = 96 (the XOR must stay inside a group, and 64 does not divide
+// 96).
 template <class Traits, class Acc, class KeyOf, class ColOf>
-__device__ __forceinline__ void bwd_dkv_store_swapped(BwdKernelParams<Traits> const& p,
+__device__ __forceinline__ void bwd_dkv_store_smem(BwdKernelParams<Traits> const& p,
                                                       typename Traits::SharedStorage& ss,
                                                       Acc const& tdKrdK, Acc const& tdVrdV,
                                                       KeyOf const& key_of, ColOf const& col_of,
@@ -419,7 +426,9 @@ __device__ __forceinline__ void bwd_dkv_store_swapped(BwdKernelParams<Traits> co
                 kBlockN * D * sizeof(Element) <= sizeof(ss.smem_v));
   Element* tk = ss.smem_k.data();
   Element* tv = ss.smem_v.data();
-  auto at = [](int key, int col) { return key * D + (col ^ ((key & 7) << 3)); };
+  constexpr int kSwz = D % 64 == 0 ? 7 : 3;
+  static_assert(D % ((kSwz + 1) * 8) == 0);
+  auto at = [](int key, int col) { return key * D + (col ^ ((key & kSwz) << 3)); };
   // Every consumer is done reading K and V.
   cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
   CUTE_UNROLL
@@ -464,27 +473,9 @@ __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& 
       dk += int64_t(se.k_row) * p.k_row_stride;
       dv += int64_t(se.k_row) * p.k_row_stride;
     }
-    if constexpr (Traits::kDkvSwap) {
-      int64_t const off = int64_t(n0) * p.k_row_stride;  // the block's first key row
-      bwd_dkv_store_swapped<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk + off, dv + off,
-                                    se.mask.seqlen_k - n0, tid);
-    } else {
-      CUTE_UNROLL
-      for (int i = 0; i < size(tdKrdK); i += 2) {
-        int row = n0 + key_of(i);
-        int col = col_of(i);
-        if (row < se.mask.seqlen_k) {
-          cutlass::NumericArrayConverter<Element, float, 2> cvt;
-          cutlass::Array<float, 2> k2, v2;
-          k2[0] = tdKrdK(i) * p.softmax_scale;
-          k2[1] = tdKrdK(i + 1) * p.softmax_scale;
-          v2[0] = tdVrdV(i);
-          v2[1] = tdVrdV(i + 1);
-          *reinterpret_cast<cutlass::Array<Element, 2>*>(dk + row * p.k_row_stride + col) = cvt(k2);
-          *reinterpret_cast<cutlass::Array<Element, 2>*>(dv + row * p.k_row_stride + col) = cvt(v2);
-        }
-      }
-    }
+    int64_t const off = int64_t(n0) * p.k_row_stride;  // the block's first key row
+    bwd_dkv_store_smem<Traits>(p, ss, tdKrdK, tdVrdV, key_of, col_of, dk + off, dv + off,
+                               se.mask.seqlen_k - n0, tid);
   } else {
     int const head_k = head / p.h_h_k_ratio;
     int64_t const base = p.template dkv_accum_row<kVarlen>(batch, head_k, n_block);

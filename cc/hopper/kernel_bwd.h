@@ -125,6 +125,7 @@ struct BwdConsumer {
     int const wg = tid / 128;
 
     if (m_hi > m_lo) ss.barrier_kv.wait(0);
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 2);
     PipelineState state;
     typename Traits::PipelineStatedO state_do;
     for (int m = m_lo; m < m_hi; ++m) {
@@ -246,10 +247,13 @@ struct BwdConsumer {
       if constexpr (Traits::kStagesdO != 1) pipe_do.consumer_release(state_do);
       ++state;
       ++state_do;
+      if (tid == 0 && m == m_lo) JAX_FA3_BWD_TRACE_AT(p, 3);
     }
 
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 4);
     bwd_dkv_epilogue<Traits, kVarlen>(p, ss, thr_dkv, tdKrdK, tdVrdV, batch, head, n_block,
                                       m_hi > m_lo, tid);
+    if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 5);
   }
 };
 
@@ -284,6 +288,11 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // blocks have nothing to do (no other CTA waits on them).
   BwdSeq const sq = p.template seq<kVarlen>(batch, head);
   if (kVarlen && n_block * Traits::kBlockN >= sq.mask.seqlen_k) return;
+  if (threadIdx.x == 128) {
+    JAX_FA3_BWD_TRACE_AT(p, 7);
+    JAX_FA3_BWD_TRACE_AT(p, 1);
+    JAX_FA3_BWD_TRACE_AT(p, 0);
+  }
 
   if (warp_idx == 0 && lane == 0) {
     cute::prefetch_tma_descriptor(p.tma_q.get_tma_descriptor());
@@ -316,6 +325,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     } else if (warp_idx <= BwdDqWriter<Traits, kVarlen>::kWriters) {
       BwdDqWriter<Traits, kVarlen>::run(p, ss, n_block, batch * p.num_heads + head, m_lo, m_hi,
                                         lane, warp_idx - 1);
+      if (warp_idx == 1 && lane == 0) JAX_FA3_BWD_TRACE_AT(p, 6);
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();

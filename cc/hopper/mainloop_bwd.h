@@ -16,6 +16,7 @@
 
 #include "cc/common/varlen.h"
 #include "cc/hopper/bwd_scratch.h"
+#include "cc/hopper/bwd_trace.h"
 #include "cc/hopper/mainloop_fwd.h"  // wgmma_issue
 #include "cc/hopper/mask_fwd.h"
 
@@ -337,6 +338,9 @@ struct BwdKernelParams {
   // the long sequences' CTAs do not form the grid's tail (bwd_seq_order in
   // bwd_preprocess.cu); null: slot = sequence.
   const int32_t* seq_order;
+#ifdef JAX_FA3_BWD_TRACE
+  unsigned long long* trace;  // bwd_trace.h
+#endif
   // Varlen (params.h), device pointers; read by bwd_kernel<.., true> only.
   const int32_t *cu_q, *cu_k, *used_q, *used_k;
   // The offsets as every varlen kernel reads them (clamped, varlen.h); the
