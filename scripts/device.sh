@@ -142,7 +142,9 @@ for stage in "$@"; do
       ;;
     savelib)
       # The built extension, to carry into a later call instead of rebuilding.
+      # Gzipped: the device tool returns files of at most 16 MB (gunzip it here).
       python3 -c "import jax_fa3._jax_fa3_ext as e, shutil; shutil.copy(e.__file__, '$OUT')"
+      gzip -f "$OUT"/_jax_fa3_ext*.so
       ;;
     bench)
       $lowpin python3 -m benchmarks.attention --out_dir "$OUT" ${BENCH_FLAGS:-} >"$LOGS/bench.log" 2>&1

@@ -1,7 +1,7 @@
 // Diagnostic timeline of the backward's CTAs (build with
 // -DJAX_FA3_BWD_TRACE; off otherwise, and then nothing here exists).
 // Each CTA writes kBwdTraceSlots 64-bit values at its linear block id:
-//   0 SM id, 1 consumer entry (clock64), 2 K/V arrived, 3 first step done,
+//   0 SM id, 1 consumer entry (clock64), 2 K arrived, 3 first step done,
 //   4 last step done, 5 dK/dV epilogue done, 6 dQ writer done,
 //   7 %globaltimer at entry (ns).
 // launch_bwd_impl writes the last call's timeline to

@@ -76,7 +76,7 @@ struct BwdConsumerSwap {
     int const n0 = n_block * kBlockN;
     bool const cap = p.softcap != 0.f;
 
-    if (m_hi > m_lo) ss.barrier_kv.wait(0);
+    if (m_hi > m_lo) ss.barrier_k.wait(0);
     if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 2);
     PipelineState state;
     for (int m = m_lo; m < m_hi; ++m) {
@@ -92,6 +92,7 @@ struct BwdConsumerSwap {
       pipe_q.consumer_wait(state);
       wgmma_issue<true>(mma_sdp, tSrK, tSrQ(_, _, _, stage), tSrS);
       pipe_do.consumer_wait(state);
+      if (m == m_lo) ss.barrier_v.wait(0);
       wgmma_issue<true>(mma_sdp, tdPrV, tdPrdO(_, _, _, stage), tdPrdP);
 
       int const ds_stage = (m - m_lo) & 1;

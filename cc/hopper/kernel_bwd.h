@@ -1,7 +1,8 @@
 // FA3-style backward kernel (JAX_FA3_BWD).
 //
 //   warpgroup 0  : producer. Warp 0 lane 0 issues TMA: K/V of this CTA's
-//                  key block once, then Q/dO blocks m_lo..m_hi-1 through two
+//                  key block once (K first; V after the first Q, on its own
+//                  barrier), then Q/dO blocks m_lo..m_hi-1 through two
 //                  PipelineTmaAsync rings of 2 stages (dO: 1 at d256), with
 //                  lse2/dPsum when the scores are transposed. Warp 1 is the dQ writer
 //                  (epilogue_bwd.h BwdDqWriter): bulk reduce-adds of the
@@ -124,7 +125,7 @@ struct BwdConsumer {
 
     int const wg = tid / 128;
 
-    if (m_hi > m_lo) ss.barrier_kv.wait(0);
+    if (m_hi > m_lo) ss.barrier_k.wait(0);
     if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 2);
     PipelineState state;
     typename Traits::PipelineStatedO state_do;
@@ -147,6 +148,7 @@ struct BwdConsumer {
       pipe_q.consumer_wait(state);
       wgmma_issue<true>(mma_sdp, tSrQ(_, _, _, state.index()), tSrK, tSrS);
       pipe_do.consumer_wait(state_do);
+      if (m == m_lo) ss.barrier_v.wait(0);
       wgmma_issue<true>(mma_sdp, tdPrdO(_, _, _, state_do.index()), tdPrV, tdPrdP);
 
 
@@ -299,7 +301,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     cute::prefetch_tma_descriptor(p.tma_do.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_k.get_tma_descriptor());
     cute::prefetch_tma_descriptor(p.tma_v.get_tma_descriptor());
-    ss.barrier_kv.init(1);
+    ss.barrier_k.init(1);
+    ss.barrier_v.init(1);
     if constexpr (kBwdDqTwoWriters<Traits>) {
       for (int b = 0; b < 2; ++b) {
         for (int w = 0; w < 2; ++w) {

@@ -240,7 +240,9 @@ struct BwdTraits {
     alignas(16) cute::array_aligned<float, kSwapSdP ? kBlockM * kStages : 4, 16> smem_dpsum;
     typename MainloopPipeline::SharedStorage pipeline_q;
     typename PipelinedO::SharedStorage pipeline_do;
-    cutlass::arch::ClusterTransactionBarrier barrier_kv;
+    // K and V arrive on barriers of their own: the first S GEMM needs K and
+    // Q only, so it starts while V (issued after the first Q) still loads.
+    cutlass::arch::ClusterTransactionBarrier barrier_k, barrier_v;
     // The staged dQ hand-off to two writers (deterministic), per step parity
     // and consumer warpgroup: full counts the warpgroup's 4 warps, empty
     // the parity's writer. (The default mode's one writer hands off through
@@ -473,11 +475,9 @@ struct BwdProducer {
       Tensor tdOgdO = tdo.partition_S(gdO);
       Tensor tdOsdO = tdo.partition_D(ss.dO());
 
-      ss.barrier_kv.arrive_and_expect_tx(2 * Traits::kTmaBytesKV);
-      copy(p.tma_k.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tk.partition_S(gK),
+      ss.barrier_k.arrive_and_expect_tx(Traits::kTmaBytesKV);
+      copy(p.tma_k.with(reinterpret_cast<uint64_t&>(ss.barrier_k), 0), tk.partition_S(gK),
            tk.partition_D(ss.k()));
-      copy(p.tma_v.with(reinterpret_cast<uint64_t&>(ss.barrier_kv), 0), tv.partition_S(gV),
-           tv.partition_D(ss.v()));
       PipelineState state = cutlass::make_producer_start_state<Pipeline>();
       auto state_do = cutlass::make_producer_start_state<typename Traits::PipelinedO>();
       // Not unrolled: the producer runs on 24 registers (setmaxnreg).
@@ -491,6 +491,11 @@ struct BwdProducer {
                                    pipe_q.producer_get_barrier(state),
                                    ss.smem_lse2.data() + state.index() * kBlockM,
                                    Traits::kRowStatBytes);
+        }
+        if (m == m_lo) {  // V after the first Q, before the first dO (barrier_v)
+          ss.barrier_v.arrive_and_expect_tx(Traits::kTmaBytesKV);
+          copy(p.tma_v.with(reinterpret_cast<uint64_t&>(ss.barrier_v), 0), tv.partition_S(gV),
+               tv.partition_D(ss.v()));
         }
         pipe_do.producer_acquire(state_do);
         copy(p.tma_do.with(*pipe_do.producer_get_barrier(state_do), 0), tdOgdO(_, _, _, m),

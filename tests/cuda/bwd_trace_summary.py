@@ -42,8 +42,8 @@ def main() -> None:
   med = lambda x: st.median(x) if x else float("nan")
   print(f"{args.path}: {len(rows)} CTAs ran of {ctas} (grid {gx} x {gy} x {gz}), "
         f"{len(by_sm)} SMs")
-  print(f"  entry -> K/V arrived     {med(kv):7.2f} us")
-  print(f"  K/V -> first step done   {med(first):7.2f} us")
+  print(f"  entry -> K arrived       {med(kv):7.2f} us")
+  print(f"  K -> first step done     {med(first):7.2f} us")
   print(f"  later steps (all)        {med(body):7.2f} us")
   print(f"  last step -> epilogue    {med(epi):7.2f} us")
   print(f"  epilogue -> writer done  {med(wr):7.2f} us")
