@@ -448,10 +448,11 @@ __device__ __forceinline__ void bwd_dkv_store_smem(BwdKernelParams<Traits> const
   }
 }
 
-// dK, dV: registers -> output (dK scaled), or for GQA fp32 adds into the kv
-// head's accumulator (bwd_dkv_bulk_add, or atomics when split along D;
-// deterministic: in query-head order). Varlen: the sequence's bounds are
-// read again rather than kept live through the loop.
+// dK, dV: through smem (bwd_dkv_store_smem) -> output (dK scaled), or for
+// GQA fp32 adds into the kv head's accumulator (bwd_dkv_bulk_add, or
+// atomics when split along D; deterministic: in query-head order). Varlen:
+// the sequence's bounds are read again rather than kept live through the
+// loop.
 template <class Traits, bool kVarlen, class ThrMma, class Acc>
 __device__ __forceinline__ void bwd_dkv_epilogue(BwdKernelParams<Traits> const& p,
                                                  typename Traits::SharedStorage& ss,

@@ -18,8 +18,9 @@
 //                  dQ_partial = dS K -> smem -> the dQ writer, which adds it
 //                  into the fp32 workspace (bwd_dq.h); d256's consumers add
 //                  their dQ chunks themselves (red.v4)
-//                  dK, dV: registers -> output (scaled) or, for GQA, atomicAdd
-//                  into fp32 workspace (deterministic: head order).
+//                  dK, dV: through smem (over K / V) -> output (dK scaled) or,
+//                  for GQA, fp32 bulk reduce-adds (atomics when split along
+//                  D) into the workspace (deterministic: head order).
 //                  d <= 128 computes S^T and dP^T instead, with P^T and dS^T
 //                  feeding dV/dK from registers (consumer_bwd_swap.h); this
 //                  file's BwdConsumer serves d192/d256 (and any d with

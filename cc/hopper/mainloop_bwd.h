@@ -3,7 +3,8 @@
 // mainloop. The consumer half and the kernel are in kernel_bwd.h.
 //
 // One CTA per (key block n, query head, batch or varlen sequence). K and V
-// of the block are loaded once (TMA) and stay in smem; Q and dO blocks
+// of the block are loaded once (TMA) and stay in smem until the dK/dV
+// epilogue reuses their space; Q and dO blocks
 // stream through two PipelineTmaAsync rings; lse (log2 domain) and dPsum
 // come from the fp32 workspace written by bwd_preprocess.cu.
 #pragma once
@@ -337,7 +338,7 @@ struct BwdKernelParams {
   // (cta_coords); 1 otherwise.
   int det_groups;
   // Varlen: launch slot (blockIdx.z) -> sequence, longest query first, so
-  // the long sequences' CTAs do not form the grid's tail (bwd_seq_order in
+  // the long sequences' CTAs do not form the grid's tail (bwd_seq_order_kernel in
   // bwd_preprocess.cu); null: slot = sequence.
   const int32_t* seq_order;
 #ifdef JAX_FA3_BWD_TRACE

@@ -1,9 +1,9 @@
 """Summarise a backward CTA timeline (cc/hopper/bwd_trace.h).
 
-  python tests/cuda/bwd_trace_summary.py TRACE_FILE [--ghz 1.98] [--steps N]
+  python tests/cuda/bwd_trace_summary.py TRACE_FILE [--ghz 1.98]
 
-Per CTA (medians over CTAs, in microseconds at --ghz): entry -> K/V
-arrived, K/V -> first step done, the mean later step, last step -> dK/dV
+Per CTA (medians over CTAs, in microseconds at --ghz): entry -> K
+arrived, K -> first step done, the mean later step, last step -> dK/dV
 epilogue done, and the gap on the same SM from one CTA's last event to the
 next CTA's entry (clock64 is per SM, so only same-SM differences count).
 """
@@ -24,6 +24,9 @@ def main() -> None:
   vals = struct.unpack(f"<{ctas * 8}Q", data[32:32 + ctas * 64])
   rows = [vals[i * 8:(i + 1) * 8] for i in range(ctas)]
   rows = [r for r in rows if r[1] and r[5]]  # CTAs that ran (varlen: some exit)
+  if not rows:
+    print(f"{args.path}: no CTA recorded a timeline")
+    return
   us = lambda c: c / args.ghz / 1e3
   kv = [us(r[2] - r[1]) for r in rows]
   first = [us(r[3] - r[2]) for r in rows]
