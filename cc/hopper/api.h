@@ -27,4 +27,11 @@ std::string run_bwd(const AttnParams& p, void* stream);
 // Whether this build contains the CUDA kernels.
 bool built();
 
+// The launchers' varlen order A/B switch: JAX_FA3_VARLEN_PLAIN_RR=1 gives
+// the forward plain round robin over its units (no sorting, no snake;
+// tests/cuda/fwd_varlen_harness.cu measures the scheduler against it) and
+// keeps the backward's sequences in input order (launch_bwd.h). Defined in
+// device.cu.
+bool varlen_plain_rr();
+
 }  // namespace jax_fa3::hopper

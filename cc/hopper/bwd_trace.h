@@ -10,11 +10,49 @@
 #pragma once
 
 #ifdef JAX_FA3_BWD_TRACE
+#include <cuda_runtime.h>
+
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 namespace jax_fa3::hopper {
 
 constexpr int kBwdTraceSlots = 8;
+
+// Host side (launch_bwd_impl): a zeroed buffer for every CTA of `grid`
+// (grown as needed, kept for the process), and after the launch, when
+// $JAX_FA3_BWD_TRACE_FILE is set, the timeline to that name + suffix
+// (synchronizes: a diagnostic, not for graph capture).
+inline unsigned long long* bwd_trace_buffer(dim3 grid, cudaStream_t stream) {
+  static unsigned long long* buf = nullptr;
+  static size_t have = 0;
+  size_t const bytes = size_t(grid.x) * grid.y * grid.z * kBwdTraceSlots * 8;
+  if (bytes > have) {
+    cudaFree(buf);
+    cudaMalloc(&buf, bytes);
+    have = bytes;
+  }
+  cudaMemsetAsync(buf, 0, bytes, stream);
+  return buf;
+}
+inline void bwd_trace_dump(unsigned long long const* buf, dim3 grid, std::string const& suffix,
+                           cudaStream_t stream) {
+  char const* f = std::getenv("JAX_FA3_BWD_TRACE_FILE");
+  if (f == nullptr) return;
+  int64_t const ctas = int64_t(grid.x) * grid.y * grid.z;
+  std::vector<unsigned long long> h(size_t(ctas) * kBwdTraceSlots);
+  cudaStreamSynchronize(stream);
+  cudaMemcpy(h.data(), buf, h.size() * 8, cudaMemcpyDeviceToHost);
+  if (FILE* fh = std::fopen((std::string(f) + suffix).c_str(), "wb")) {
+    int64_t const hdr[4] = {ctas, grid.x, grid.y, grid.z};
+    std::fwrite(hdr, 8, 4, fh);
+    std::fwrite(h.data(), 8, h.size(), fh);
+    std::fclose(fh);
+  }
+}
 
 __device__ __forceinline__ void bwd_trace_at(unsigned long long* trace, int slot) {
   if (trace == nullptr) return;

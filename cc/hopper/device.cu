@@ -68,8 +68,8 @@ std::string run_bwd(const AttnParams&, void*) {
 
 bool built() { return true; }
 
-// The varlen launch-order A/B switch of both launchers (launch_fwd.h,
-// launch_bwd.h): here, in the one file every build of them links.
+// The varlen A/B switch (api.h): here, in the one file every build of both
+// launchers links.
 bool varlen_plain_rr() {
   const char* e = std::getenv("JAX_FA3_VARLEN_PLAIN_RR");
   return e && e[0] == '1';

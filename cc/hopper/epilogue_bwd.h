@@ -414,12 +414,12 @@ __device__ __forceinline__ void bwd_dkv_bulk_add(BwdKernelParams<Traits> const& 
 // 96).
 template <class Traits, class Acc, class KeyOf, class ColOf>
 __device__ __forceinline__ void bwd_dkv_store_smem(BwdKernelParams<Traits> const& p,
-                                                      typename Traits::SharedStorage& ss,
-                                                      Acc const& tdKrdK, Acc const& tdVrdV,
-                                                      KeyOf const& key_of, ColOf const& col_of,
-                                                      typename Traits::Element* dk,
-                                                      typename Traits::Element* dv, int rows,
-                                                      int tid) {
+                                                   typename Traits::SharedStorage& ss,
+                                                   Acc const& tdKrdK, Acc const& tdVrdV,
+                                                   KeyOf const& key_of, ColOf const& col_of,
+                                                   typename Traits::Element* dk,
+                                                   typename Traits::Element* dv, int rows,
+                                                   int tid) {
   using Element = typename Traits::Element;
   constexpr int kBlockN = Traits::kBlockN, D = Traits::D, kVecs = D / 8;
   static_assert(kBlockN * D * sizeof(Element) <= sizeof(ss.smem_k) &&

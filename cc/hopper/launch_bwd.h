@@ -14,16 +14,16 @@
 #include <string>
 
 #include "cc/common/params.h"
+#include "cc/hopper/api.h"
 #include "cc/hopper/bwd_scratch.h"
 
 namespace jax_fa3::hopper {
 
 // Varlen: the main kernel's launch order of sequences, longest first, is
 // sorted on the device (one block, bwd_preprocess.cu) for up to this many
-// sequences; more keep their order, and so do all with the forward's A/B
-// switch JAX_FA3_VARLEN_PLAIN_RR=1 (varlen_plain_rr, launch_fwd.h).
+// sequences; more keep their order, and so do all with the A/B switch
+// JAX_FA3_VARLEN_PLAIN_RR=1 (varlen_plain_rr, api.h).
 constexpr int64_t kBwdSeqOrderMax = 4096;
-bool varlen_plain_rr();
 
 struct BwdWorkspace {
   // Dense: per (batch, head), rows padded to sq_pad / sk_pad. Varlen
@@ -114,11 +114,6 @@ std::string launch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
 
 #include "cc/hopper/kernel_bwd.h"
 #include "cc/hopper/launch_common.h"
-#ifdef JAX_FA3_BWD_TRACE
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-#endif
 
 namespace jax_fa3::hopper {
 
@@ -208,19 +203,6 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.used_q = vl ? a.seqused_q : nullptr;
   kp.used_k = vl ? a.seqused_k : nullptr;
   kp.seq_order = w.at<int32_t>(ws, w.off_seq_order);
-#ifdef JAX_FA3_BWD_TRACE
-  static unsigned long long* trace_buf = nullptr;
-  static int64_t trace_n = 0;
-  int64_t const ctas = int64_t((a.seqlen_k + kBlockN - 1) / kBlockN) * a.num_heads *
-                       (vl ? a.num_seqs : a.batch);
-  if (ctas > trace_n) {
-    cudaFree(trace_buf);
-    cudaMalloc(&trace_buf, ctas * kBwdTraceSlots * 8);
-    trace_n = ctas;
-  }
-  cudaMemsetAsync(trace_buf, 0, ctas * kBwdTraceSlots * 8, stream);
-  kp.trace = trace_buf;
-#endif
   int64_t const nb = vl ? a.num_seqs : a.batch;
 
   if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";
@@ -242,6 +224,9 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   // head, n_block): cta_coords keeps both), which the hardware has launched
   // before.
   dim3 grid(num_n, unsigned(a.num_heads), unsigned(nb));
+#ifdef JAX_FA3_BWD_TRACE
+  kp.trace = bwd_trace_buffer(grid, stream);
+#endif
   // The default mode stages dQ in one buffer and launches without the
   // second (the last member): with both allocated and used it ran 0.96-0.98x
   // (H100 harness, d128), this way 1.00-1.01x the one-buffer kernel.
@@ -253,19 +238,8 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
     return std::string("jax_fa3 hopper bwd: launch failed: ") + cudaGetErrorString(err);
   }
 #ifdef JAX_FA3_BWD_TRACE
-  if (char const* f = std::getenv("JAX_FA3_BWD_TRACE_FILE")) {
-    std::vector<unsigned long long> h(size_t(ctas) * kBwdTraceSlots);
-    cudaStreamSynchronize(stream);
-    cudaMemcpy(h.data(), trace_buf, h.size() * 8, cudaMemcpyDeviceToHost);
-    std::string name = std::string(f) + ".d" + std::to_string(D) + "." +
-                       std::to_string(a.seqlen_q) + (a.causal ? "c" : "");
-    if (FILE* fh = std::fopen(name.c_str(), "wb")) {
-      int64_t hdr[4] = {ctas, grid.x, grid.y, grid.z};
-      std::fwrite(hdr, 8, 4, fh);
-      std::fwrite(h.data(), 8, h.size(), fh);
-      std::fclose(fh);
-    }
-  }
+  bwd_trace_dump(kp.trace, grid, ".d" + std::to_string(D) + "." + std::to_string(a.seqlen_q) +
+                                     (a.causal ? "c" : ""), stream);
 #endif
   // dQ: undo the accumulator's fragment order, scale, cast (bwd_dq.h).
   bwd_dq_convert_kernel<Traits>

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cc/common/params.h"
+#include "cc/hopper/api.h"
 #include "cc/hopper/kernel_fwd.h"
 #include "cc/hopper/launch_common.h"
 #include "cc/hopper/kernel_traits.h"
@@ -25,13 +26,6 @@ namespace detail {
 // not per call; cudaDeviceGetAttribute is cheap but not free).
 int sm_count_cached();
 }  // namespace detail
-
-// Plain round robin over the varlen units (no sorting, no snake) when the
-// environment variable JAX_FA3_VARLEN_PLAIN_RR is set to 1: for measuring
-// the scheduler against its baseline (tests/cuda/fwd_varlen_harness.cu).
-// The backward then keeps the input order of sequences too (launch_bwd.h).
-// Defined in device.cu.
-bool varlen_plain_rr();
 
 // One CTA per tile (per unit: a heavy/light causal pair, or a varlen unit)
 // instead of a persistent grid for every call, when JAX_FA3_FWD_GRID_PER_TILE
