@@ -25,6 +25,8 @@
 #   varlen   issue 7 through JAX: tests/test_gpu_varlen.py, invalid offsets under
 #            compute-sanitizer memcheck
 #   varlenbench  python -m benchmarks.varlen ($VARLEN_FLAGS)
+#   dqfuseab A/B through JAX of the backward's fused dQ convert (base: the
+#            separate convert kernel alone); scripts/ab_summary.py
 #   demo     the README's demo
 #   kprof    per-kernel times under ncu (no clock or cache control): the
 #            backward's pre/main/convert kernels and cuDNN's, for the
@@ -332,6 +334,23 @@ PY
         >"$OUT/kprof_dense_d$d.csv" 2>"$LOGS/kprof_dense.log"
       stamp "kprof dense d$d: rc=$?"
       python3 scripts/kprof_summary.py "$OUT/kprof_dense_d$d.csv" | tee -a "$summary"
+      ;;
+    dqfuseab)
+      # A/B of the backward's fused dQ convert through JAX (JAX_FA3_BWD_DQ_FUSE_ROWS=0,
+      # the separate convert kernel alone, is the base), in the order base new
+      # new base: the varlen documents (DQAB_VARLEN_FLAGS) and dense points
+      # (DQAB_DIMS, DQAB_SEQLENS); json in $OUT/ab, summary by scripts/ab_summary.py.
+      for tag in base1 new1 new2 base2; do
+        envs=""
+        [ "${tag:0:4}" = base ] && envs="JAX_FA3_BWD_DQ_FUSE_ROWS=0"
+        env $envs python3 -m benchmarks.varlen --modes bwd --impls jax_fa3-varlen --check=false \
+          --out_dir "$OUT/ab" --tag "$tag" ${DQAB_VARLEN_FLAGS:-} >"$LOGS/ab_varlen_$tag.log" 2>&1
+        env $envs python3 -m benchmarks.attention --modes bwd --impls jax_fa3 --check=false \
+          --plot=false --head_dims "${DQAB_DIMS:-128}" --seqlens "${DQAB_SEQLENS:-512,2048,8192}" \
+          --out_dir "$OUT/ab" --tag "dense-$tag" >"$LOGS/ab_dense_$tag.log" 2>&1
+        stamp "dqfuseab $tag done"
+      done
+      python3 scripts/ab_summary.py "$OUT/ab" | tee -a "$summary"
       ;;
     demo)
       python3 -m jax_fa3.examples.demo 2>&1 | tail -4 | tee -a "$summary"

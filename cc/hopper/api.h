@@ -34,4 +34,11 @@ bool built();
 // device.cu.
 bool varlen_plain_rr();
 
+// The backward's fused dQ convert, for A/B runs and tests: with
+// JAX_FA3_BWD_DQ_FUSE_ROWS=N the main kernel converts the dQ of sequences
+// of at most N query rows (0: none, all go to the separate convert kernel)
+// instead of the launcher's choice (launch_bwd.h); -1 when unset. Defined in
+// device.cu.
+int bwd_dq_fuse_rows_env();
+
 }  // namespace jax_fa3::hopper

@@ -7,8 +7,8 @@
 // and one thread issues a single bulk reduce-add (cp.reduce.async.bulk) of
 // the whole chunk, asynchronously.
 //
-// The accumulator's layout is ours alone (only bwd_dq_convert_kernel reads
-// it), so it is stored in *fragment order*: each (query block, chunk) is two
+// The accumulator's layout is ours alone (only the converts, BwdDqConvert,
+// read it), so it is stored in *fragment order*: each (query block, chunk) is two
 // halves, one per consumer warpgroup w, and element i of thread t of w sits
 // at w * half + ((i / 4) * 128 + t) * 4 + i % 4. Each warpgroup reduces its
 // own half, so the two need not synchronize for dQ.
@@ -27,6 +27,10 @@
 namespace jax_fa3::hopper {
 
 using namespace cute;
+
+// dq_done[bh] once the main kernel has converted head bh's dQ itself
+// (bwd_dq_fuse.h; the counts there are >= 0).
+constexpr int kDqConverted = -1;
 
 // CuTe 4.2 wraps only the *tensor* bulk reduces (SM90_TMA_REDUCE_ADD_*,
 // which need a tensor map); the contiguous form is one instruction.
@@ -88,74 +92,109 @@ __device__ __forceinline__ void dq_frag_red(Frag const& frag, float* gmem, int t
   });
 }
 
-// dQ = softmax_scale * accumulator, cast to the input dtype and written to
-// the (batch, seqlen_q, heads, D) output. Grid (num_m, heads, batch),
-// kNumMmaThreads threads: thread t undoes the fragment order of consumer
-// thread t with the same TiledMma partition the main kernel used.
-// Varlen (vq.cu not null): grid (padded query blocks of all sequences,
-// heads, 1); block m finds its sequence (bwd_scratch.h) and writes the rows
-// below its attended length at its offset in the packed output (offsets
-// clamped by VarlenSide, varlen.h).
-//
-// Per chunk the converted values go to shared memory in row-major order
-// first and leave in 16-byte row segments: the fragment order puts a
+// Query block -> output rows: dQ = softmax_scale * accumulator, cast to the
+// input dtype. kThreads = kNumMmaThreads threads; thread t undoes the
+// fragment order of consumer thread t with the same TiledMma partition the
+// main kernel used. Per chunk, load() fetches the thread's float4s (through
+// L2: in the fused convert the main kernel's other CTAs wrote them moments
+// before) and store() puts the converted values into `tile` in row-major
+// order first, then out in 16-byte row segments: the fragment order puts a
 // thread's 4 values in different rows and columns, and storing those 2-byte
-// values straight to global memory ran this kernel at ~1.2 TB/s (0.34 ms
+// values straight to global memory ran the convert at ~1.2 TB/s (0.34 ms
 // per 32k x 16 heads x d128 call on an H200; session 7 ring trace).
+// `sync` synchronizes the kThreads threads (the tile is reused per call).
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kNumMmaThreads)
-    bwd_dq_convert_kernel(const float* __restrict__ acc, typename Traits::Element* dq,
-                          int seqlen_q, int num_heads, int num_m, int64_t batch_stride,
-                          int64_t row_stride, int64_t head_stride, float scale,
-                          VarlenSide vq, int num_seqs) {
+struct BwdDqConvert {
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
-  constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
-  constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2, kThreads = Traits::kNumMmaThreads;
+  static constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
+  static constexpr int kChunks = Traits::kDqChunks, kChunk = Traits::kDqChunk;
+  static constexpr int kWg = 128, kHalf = kBlockM * kChunk / 2;
+  static constexpr int kThreads = Traits::kNumMmaThreads;
   // Row pitch with 8 elements (16 bytes) of padding: rows start in
   // different banks, and every 16-byte segment stays aligned.
-  constexpr int kPitch = kChunk + 8, kVecs = kChunk / 8;
+  static constexpr int kPitch = kChunk + 8, kVecs = kChunk / 8;
   static_assert(kChunk % 8 == 0, "16-byte segments");
-  __shared__ __align__(16) Element tile[kBlockM * kPitch];
+  static constexpr int kTileElems = kBlockM * kPitch;
+  static constexpr int kLoads = kBlockM * kChunk / kThreads / 4;  // float4 per thread per chunk
+  static_assert(kLoads * 4 * kThreads == kBlockM * kChunk);
+
+  __device__ __forceinline__ static void load(const float* blk, int ch, float4 (&v)[kLoads],
+                                              int t) {
+    const float4* src =
+        reinterpret_cast<const float4*>(blk + ch * kBlockM * kChunk + (t / kWg) * kHalf);
+    CUTE_UNROLL
+    for (int j = 0; j < kLoads; ++j) v[j] = __ldcg(src + j * kWg + t % kWg);
+  }
+
+  // rows: how many of the block's rows exist (<= kBlockM); out: its first
+  // row, column 0 of chunk 0.
+  template <class Sync>
+  __device__ __forceinline__ static void store(float4 const (&v)[kLoads], int ch, Element* out,
+                                               int rows, int64_t row_stride, float scale,
+                                               Element* tile, int t, Sync&& sync) {
+    typename Traits::TiledMmadQ mma;
+    auto thr = mma.get_thread_slice(t);
+    Tensor cQ = thr.partition_C(make_identity_tensor(typename Traits::ShapedQ{}));
+    static_assert(decltype(size(cQ))::value == 4 * kLoads);
+    CUTE_UNROLL
+    for (int j = 0; j < kLoads; ++j) {
+      float const vals[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+      CUTE_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        int const row = tile_row<Traits::kDqSwap>(cQ(4 * j + k));
+        int const col = tile_col<Traits::kDqSwap>(cQ(4 * j + k));
+        tile[row * kPitch + col] = static_cast<Element>(vals[k] * scale);
+      }
+    }
+    sync();
+    for (int i = t; i < rows * kVecs; i += kThreads) {
+      int const row = i / kVecs, seg = i - row * kVecs;
+      *reinterpret_cast<uint4*>(out + int64_t(row) * row_stride + ch * kChunk + seg * 8) =
+          *reinterpret_cast<const uint4*>(tile + row * kPitch + seg * 8);
+    }
+    sync();  // the next call reuses the tile
+  }
+};
+
+// The accumulator -> dQ for the heads the main kernel did not convert
+// itself (done[bh] != kDqConverted, bwd_dq_fuse.h; done indexed by (batch
+// or sequence, head)). Grid (num_m, heads, batch), kNumMmaThreads threads
+// (BwdDqConvert). Varlen (vq.cu not null): grid (padded query blocks of all
+// sequences, heads, 1); block m finds its sequence (bwd_scratch.h) and
+// writes the rows below its attended length at its offset in the packed
+// output (offsets clamped by VarlenSide, varlen.h).
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kNumMmaThreads)
+    bwd_dq_convert_kernel(const float* acc, typename Traits::Element* dq, int seqlen_q,
+                          int num_heads, int num_m, int64_t batch_stride, int64_t row_stride,
+                          int64_t head_stride, float scale, VarlenSide vq, int num_seqs,
+                          const int* done) {
+  using C = BwdDqConvert<Traits>;
+  constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
+  __shared__ __align__(16) typename C::Element tile[C::kTileElems];
   int const m = blockIdx.x, head = blockIdx.y, batch = blockIdx.z, t = threadIdx.x;
   int const bh = batch * num_heads + head;
   int m_row = m * kBlockM;  // first row of the block in the sequence
   int64_t seq_row = 0;      // row of the sequence's row 0 in the output
+  int done_at = bh;
   if (vq.cu != nullptr) {
     int b = bwd_pad_seq(vq, num_seqs, m_row, kBwdPadM);
     m_row -= int(bwd_pad_start(vq, b, kBwdPadM));
     seq_row = vq.start(b);
     seqlen_q = int(vq.len(b));
+    done_at = b * num_heads + head;
     if (m_row < 0 || m_row >= seqlen_q) return;  // padding between sequences (whole block)
   }
+  if (done[done_at] == kDqConverted) return;  // by the main kernel
   int const rows = seqlen_q - m_row < kBlockM ? seqlen_q - m_row : kBlockM;
-  typename Traits::TiledMmadQ mma;
-  auto thr = mma.get_thread_slice(t);
-  Tensor cQ = thr.partition_C(make_identity_tensor(typename Traits::ShapedQ{}));
   const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
-  Element* out = dq + batch * batch_stride + (seq_row + m_row) * row_stride + head * head_stride;
+  typename C::Element* out =
+      dq + batch * batch_stride + (seq_row + m_row) * row_stride + head * head_stride;
   CUTE_UNROLL
-  for (int ch = 0; ch < kChunks; ++ch) {
-    const float4* src =
-        reinterpret_cast<const float4*>(blk + ch * kBlockM * kChunk + (t / kWg) * kHalf);
-    CUTE_UNROLL
-    for (int j = 0; j < size(cQ) / 4; ++j) {
-      float4 v = src[j * kWg + t % kWg];
-      float vals[4] = {v.x, v.y, v.z, v.w};
-      CUTE_UNROLL
-      for (int k = 0; k < 4; ++k) {
-        int row = tile_row<Traits::kDqSwap>(cQ(4 * j + k));
-        int col = tile_col<Traits::kDqSwap>(cQ(4 * j + k));
-        tile[row * kPitch + col] = static_cast<Element>(vals[k] * scale);
-      }
-    }
-    __syncthreads();
-    for (int i = t; i < rows * kVecs; i += kThreads) {
-      int row = i / kVecs, seg = i - row * kVecs;
-      *reinterpret_cast<uint4*>(out + int64_t(row) * row_stride + ch * kChunk + seg * 8) =
-          *reinterpret_cast<const uint4*>(tile + row * kPitch + seg * 8);
-    }
-    __syncthreads();  // the next chunk reuses the tile
+  for (int ch = 0; ch < C::kChunks; ++ch) {
+    float4 v[C::kLoads];
+    C::load(blk, ch, v, t);
+    C::store(v, ch, out, rows, row_stride, scale, tile, t, [] { __syncthreads(); });
   }
 }
 

@@ -3,7 +3,8 @@
 // Each CTA writes kBwdTraceSlots 64-bit values at its linear block id:
 //   0 SM id, 1 consumer entry (clock64), 2 K arrived, 3 first step done,
 //   4 last step done, 5 dK/dV epilogue done, 6 dQ writer done,
-//   7 %globaltimer at entry (ns).
+//   7 %globaltimer at entry (ns), 8 fused dQ convert: the CTA's count
+//   known to the consumers, 9 its convert done (bwd_dq_fuse.h; 0 if none).
 // launch_bwd_impl writes the last call's timeline to
 // $JAX_FA3_BWD_TRACE_FILE.d<D>.<seqlen_q>[c] (summary:
 // tests/cuda/bwd_trace_summary.py).
@@ -20,7 +21,7 @@
 
 namespace jax_fa3::hopper {
 
-constexpr int kBwdTraceSlots = 8;
+constexpr int kBwdTraceSlots = 10;
 
 // Host side (launch_bwd_impl): a zeroed buffer for every CTA of `grid`
 // (grown as needed, kept for the process), and after the launch, when

@@ -75,4 +75,11 @@ bool varlen_plain_rr() {
   return e && e[0] == '1';
 }
 
+int bwd_dq_fuse_rows_env() {
+  const char* e = std::getenv("JAX_FA3_BWD_DQ_FUSE_ROWS");
+  if (e == nullptr || e[0] == '\0') return -1;
+  long v = std::strtol(e, nullptr, 10);
+  return v < 0 ? 0 : (v > (1L << 30) ? (1 << 30) : int(v));
+}
+
 }  // namespace jax_fa3::hopper

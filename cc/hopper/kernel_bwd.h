@@ -32,6 +32,9 @@
 // sequences and num_n_blocks that of the longest; each CTA takes its
 // sequence's lengths, mask and offsets (BwdKernelParams::seq) and exits at
 // once past its sequence's keys.
+// dQ of sequences up to p.dq_fuse_rows query rows: converted into the
+// output by the last CTA of each (sequence, head) (bwd_dq_fuse.h); the
+// others' by bwd_dq_convert_kernel after this kernel.
 #pragma once
 
 #include "cc/hopper/kernel_traits.h"  // first: extended WGMMA shapes
@@ -44,6 +47,7 @@
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
 #include "cc/hopper/bwd_dq.h"
+#include "cc/hopper/bwd_dq_fuse.h"
 #include "cc/hopper/consumer_bwd_swap.h"
 #include "cc/hopper/epilogue_bwd.h"
 #include "cc/hopper/mainloop_bwd.h"
@@ -291,6 +295,8 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
   // blocks have nothing to do (no other CTA waits on them).
   BwdSeq const sq = p.template seq<kVarlen>(batch, head);
   if (kVarlen && n_block * Traits::kBlockN >= sq.mask.seqlen_k) return;
+  // The fused dQ convert's count of started CTAs (bwd_dq_fuse.h).
+  if (kBwdDqFuse<Traits> && threadIdx.x == 32 && p.dq_fuse_rows > 0) atomicAdd(p.dq_started, 1);
   if (threadIdx.x == 128) {
     JAX_FA3_BWD_TRACE_AT(p, 7);
     JAX_FA3_BWD_TRACE_AT(p, 1);
@@ -313,6 +319,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       }
     }
     if constexpr (kVarlen) ss.seq = sq;
+    ss.dq_done.init(bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1);
   }
   auto pipe_q = bwd_make_pipe<Traits, Pipeline>(ss.pipeline_q, warp_group);
   auto pipe_do = bwd_make_pipe<Traits, typename Traits::PipelinedO>(ss.pipeline_do, warp_group);
@@ -327,16 +334,27 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       BwdProducer<Traits>::run(p, ss, pipe_q, pipe_do, n_block, head, sq, m_lo, m_hi,
                                lane == 0);
     } else if (warp_idx <= BwdDqWriter<Traits, kVarlen>::kWriters) {
+      int const writer = warp_idx - 1;
       BwdDqWriter<Traits, kVarlen>::run(p, ss, n_block, batch * p.num_heads + head, m_lo, m_hi,
-                                        lane, warp_idx - 1);
+                                        lane, writer);
       if (warp_idx == 1 && lane == 0) JAX_FA3_BWD_TRACE_AT(p, 6);
+      FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
+      if (bwd_dq_fused(p, mask) && lane == 0 &&
+          writer < (bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1)) {
+        bwd_dq_fuse_signal<Traits>(ss, p.dq_done + batch * p.num_heads + head,
+                                   bwd_dq_fuse_target(p, mask), writer);
+      }
     }
   } else {
     cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
     using Consumer = std::conditional_t<Traits::kSwapSdP, BwdConsumerSwap<Traits, kVarlen>,
                                         BwdConsumer<Traits, kVarlen>>;
-    Consumer::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi,
-                  int(threadIdx.x) - 128);
+    int const tid = int(threadIdx.x) - 128;
+    Consumer::run(p, ss, pipe_q, pipe_do, n_block, head, batch, m_lo, m_hi, tid);
+    if constexpr (kBwdDqFuse<Traits>) {
+      if (bwd_dq_fused(p, bwd_cta_mask<kVarlen>(p, ss)))
+        bwd_dq_fuse_convert<Traits, kVarlen>(p, ss, batch, head, tid);
+    }
   }
 }
 

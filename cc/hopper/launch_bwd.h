@@ -33,6 +33,10 @@ struct BwdWorkspace {
   // byte offsets; -1: absent
   int64_t off_lse2 = 0, off_dpsum = 0, off_dq = 0, off_dk = -1, off_dv = -1, off_sem_dq = -1,
           off_sem_dkv = -1, off_seq_order = -1;
+  // The fused dQ convert's counts (bwd_dq_fuse.h), one int per (batch or
+  // sequence, head), then the started CTAs; all n_dq_done zeroed by the
+  // preprocess.
+  int64_t off_dq_done = 0, n_dq_done = 0;
   int64_t bytes = 0;          // total
   int64_t zero_begin = 0;     // [zero_begin, bytes) must be zeroed before the kernel
   int64_t dq_end = 0;         // [zero_begin, dq_end): the dQ accumulator, which the
@@ -71,6 +75,8 @@ struct BwdWorkspace {
     w.off_dpsum = take(bh * w.sq_pad * 4);
     if (p.is_varlen && p.num_seqs > 1 && p.num_seqs <= kBwdSeqOrderMax && !varlen_plain_rr())
       w.off_seq_order = take(p.num_seqs * 4);
+    w.n_dq_done = (p.is_varlen ? p.num_seqs : p.batch) * p.num_heads + 1;
+    w.off_dq_done = take(w.n_dq_done * 4);
     w.zero_begin = o;
     w.off_dq = take(bh * w.sq_pad * p.head_dim * 4);
     w.dq_end = o;
@@ -116,6 +122,13 @@ std::string launch_bwd(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
 #include "cc/hopper/launch_common.h"
 
 namespace jax_fa3::hopper {
+
+// The fused dQ convert (bwd_dq_fuse.h): sequences of at most this many
+// query rows may be converted by their last CTA (JAX_FA3_BWD_DQ_FUSE_ROWS,
+// api.h, overrides it at run time).
+#ifndef JAX_FA3_BWD_DQ_FUSE_ROWS  // build-time override for A/B experiments
+#define JAX_FA3_BWD_DQ_FUSE_ROWS (1 << 30)
+#endif
 
 // Deterministic: how many (batch, head) groups the launch interleaves
 // (BwdKernelParams::cta_coords), for a group's consecutive key blocks to
@@ -203,6 +216,14 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   kp.used_q = vl ? a.seqused_q : nullptr;
   kp.used_k = vl ? a.seqused_k : nullptr;
   kp.seq_order = w.at<int32_t>(ws, w.off_seq_order);
+  kp.dq_done = w.at<int>(ws, w.off_dq_done);
+  kp.dq_started = kp.dq_done + (w.n_dq_done - 1);
+  int const fuse_env = bwd_dq_fuse_rows_env();
+  kp.dq_fuse_rows = !kBwdDqFuse<Traits> ? 0 : fuse_env >= 0 ? fuse_env : JAX_FA3_BWD_DQ_FUSE_ROWS;
+  kp.dq = a.dq;
+  kp.q_batch_stride = vl ? 0 : a.q_batch_stride;
+  kp.q_row_stride = a.q_row_stride;
+  kp.q_head_stride = a.q_head_stride;
   int64_t const nb = vl ? a.num_seqs : a.batch;
 
   if (a.num_heads > 65535 || nb > 65535) return "jax_fa3 hopper bwd: grid too large";
@@ -241,17 +262,19 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
   bwd_trace_dump(kp.trace, grid, ".d" + std::to_string(D) + "." + std::to_string(a.seqlen_q) +
                                      (a.causal ? "c" : ""), stream);
 #endif
-  // dQ: undo the accumulator's fragment order, scale, cast (bwd_dq.h).
-  bwd_dq_convert_kernel<Traits>
-      <<<dim3(unsigned(num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
-         Traits::kNumMmaThreads, 0, stream>>>(
-          kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
-          num_m, a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
-          a.is_varlen ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs));
-  err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +
-           cudaGetErrorString(err);
+  // dQ of the heads the main kernel did not convert (bwd_dq.h).
+  {
+    bwd_dq_convert_kernel<Traits>
+        <<<dim3(unsigned(num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
+           Traits::kNumMmaThreads, 0, stream>>>(
+            kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
+            num_m, a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
+            vl ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs), kp.dq_done);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) {
+      return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +
+             cudaGetErrorString(err);
+    }
   }
   return "";
 }

@@ -250,6 +250,12 @@ struct BwdTraits {
     // named barriers, BwdBarrier.)
     cutlass::arch::ClusterBarrier dq_full[2][2];
     cutlass::arch::ClusterBarrier dq_empty[2][2];
+    // Fused dQ convert (bwd_dq_fuse.h): the writer warp(s) -> consumers,
+    // one arrival per writer once its adds are counted; dq_last[w]: writer
+    // w's count completed the head's.
+    cutlass::arch::ClusterBarrier dq_done;
+    int dq_last[2];
+    int dq_sum[9];  // bwd_dq_fuse_progress
     // Varlen: the CTA's BwdSeq. The consumers read it from here at each use
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
@@ -324,6 +330,15 @@ struct BwdKernelParams {
   const float* dpsum;  // (.., sq_pad)
   int* sem_dq;         // (.., sq_pad / kBlockM) (deterministic)
   int* sem_dkv;        // (batch or sequences, heads_k, num_n) (deterministic GQA)
+  // Fused dQ convert (bwd_dq_fuse.h): sequences of at most dq_fuse_rows query
+  // rows (0: none) get their dQ from the last of their CTAs, counted in
+  // dq_done (batch or sequences, heads), zeroed, then kDqConverted; dq is the
+  // output (input dtype), with Q's strides (varlen: batch stride unused).
+  int* dq_done;
+  int* dq_started;  // CTAs started (with dq_fuse_rows > 0), zeroed
+  int dq_fuse_rows;
+  void* dq;
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
   int rows_q, rows_k;  // TMA row extents: seqlen, or total rows when varlen
   int tma_batch;       // TMA batch extent (1 when varlen)
   int sq_pad, sk_pad, num_m, num_n;  // num_m = sq_pad / kBlockM (dense)

@@ -21,8 +21,9 @@ def main() -> None:
   args = ap.parse_args()
   data = open(args.path, "rb").read()
   ctas, gx, gy, gz = struct.unpack("<4q", data[:32])
-  vals = struct.unpack(f"<{ctas * 8}Q", data[32:32 + ctas * 64])
-  rows = [vals[i * 8:(i + 1) * 8] for i in range(ctas)]
+  slots = (len(data) - 32) // (8 * ctas)  # 8 before the fused dQ convert's two
+  vals = struct.unpack(f"<{ctas * slots}Q", data[32:32 + ctas * slots * 8])
+  rows = [vals[i * slots:(i + 1) * slots] + (0,) * (10 - slots) for i in range(ctas)]
   rows = [r for r in rows if r[1] and r[5]]  # CTAs that ran (varlen: some exit)
   if not rows:
     print(f"{args.path}: no CTA recorded a timeline")
@@ -33,7 +34,9 @@ def main() -> None:
   epi = [us(r[5] - r[4]) for r in rows]
   wr = [us(max(r[6], r[5]) - r[5]) for r in rows]
   body = [us(r[4] - r[3]) for r in rows]
-  total = [us(max(r[5], r[6]) - r[1]) for r in rows]
+  total = [us(max(r[5], r[6], r[8], r[9]) - r[1]) for r in rows]
+  dq_wait = [us(r[8] - r[5]) for r in rows if r[8]]
+  conv = [us(r[9] - r[8]) for r in rows if r[9]]
   by_sm = collections.defaultdict(list)
   for r in rows:
     by_sm[r[0]].append(r)
@@ -41,7 +44,7 @@ def main() -> None:
   for sm_rows in by_sm.values():
     sm_rows.sort(key=lambda r: r[1])
     for a, b in zip(sm_rows, sm_rows[1:]):
-      gaps.append(us(b[1] - max(a[5], a[6])))
+      gaps.append(us(b[1] - max(a[5], a[6], a[8], a[9])))
   med = lambda x: st.median(x) if x else float("nan")
   print(f"{args.path}: {len(rows)} CTAs ran of {ctas} (grid {gx} x {gy} x {gz}), "
         f"{len(by_sm)} SMs")
@@ -50,6 +53,9 @@ def main() -> None:
   print(f"  later steps (all)        {med(body):7.2f} us")
   print(f"  last step -> epilogue    {med(epi):7.2f} us")
   print(f"  epilogue -> writer done  {med(wr):7.2f} us")
+  print(f"  epilogue -> dQ count     {med(dq_wait):7.2f} us (fused dQ convert)")
+  print(f"  dQ converts              {len(conv):7d} CTAs, median {med(conv):.2f} us, "
+        f"sum {sum(conv):.0f} us")
   print(f"  CTA total                {med(total):7.2f} us")
   print(f"  gap to next CTA on SM    {med(gaps):7.2f} us (p90 "
         f"{sorted(gaps)[int(0.9 * len(gaps))] if gaps else float('nan'):.2f})")
