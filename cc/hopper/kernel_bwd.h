@@ -341,8 +341,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
       if (bwd_dq_fused(p, mask) && lane == 0 &&
           writer < (bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1)) {
-        bwd_dq_fuse_signal<Traits>(ss, p.dq_done + batch * p.num_heads + head,
-                                   bwd_dq_fuse_target(p, mask), writer);
+        bwd_dq_fuse_signal<Traits, kVarlen>(p, ss, mask, batch * p.num_heads + head, writer);
       }
     }
   } else {
