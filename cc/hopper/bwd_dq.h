@@ -126,6 +126,14 @@ struct BwdDqConvert {
     for (int j = 0; j < kLoads; ++j) v[j] = __ldcg(src + j * kWg + t % kWg);
   }
 
+  // The same from a copy of the block (chunk 0) in shared memory.
+  __device__ __forceinline__ static void load_smem(const float* blk, float4 (&v)[kLoads],
+                                                   int t) {
+    const float4* src = reinterpret_cast<const float4*>(blk + (t / kWg) * kHalf);
+    CUTE_UNROLL
+    for (int j = 0; j < kLoads; ++j) v[j] = src[j * kWg + t % kWg];
+  }
+
   // rows: how many of the block's rows exist (<= kBlockM); out: its first
   // row, column 0 of chunk 0.
   template <class Sync>

@@ -62,11 +62,10 @@ __device__ __forceinline__ int bwd_dq_fuse_target(BwdKernelParams<Traits> const&
 // reduces to be complete (not only read), publish them, count the CTA, and
 // tell the consumers (ss.dq_done, one arrival per writer) whether the count
 // is now complete. Only the last CTA needs the acquire fence after the
-// count (and, with it, the consumers' reads through the mbarrier); it also
-// starts L2 prefetches of the head's blocks, so that the convert's loads
-// meet L2 rather than memory (written up to ~60 us earlier at 2k, most of
-// the accumulator had left L2: one SM converted ~46 GB/s without them).
-template <class Traits, bool kVarlen>
+// count (and, through the mbarrier, its consumers' reads). This wait costs
+// every CTA ~0.8 us before it can end (d128 2k CTA timeline: 0.94 us from
+// the epilogue's end to the count; the reduce's completion is most of it).
+template <class Traits>
 __device__ __forceinline__ void bwd_dq_fuse_signal(BwdKernelParams<Traits> const& p,
                                                    typename Traits::SharedStorage& ss,
                                                    FwdMask const& mask, int bh, int writer) {
@@ -74,14 +73,7 @@ __device__ __forceinline__ void bwd_dq_fuse_signal(BwdKernelParams<Traits> const
   __threadfence();
   int const old = atomicAdd(p.dq_done + bh, 1);
   bool const last = old == bwd_dq_fuse_target(p, mask) - 1;
-  if (last) {
-    __threadfence();
-    int const nblk = (mask.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
-    for (int m = 0; m < nblk; ++m) {
-      cute::SM90_BULK_COPY_G2S::PREFETCH::copy(bwd_dq_block<Traits, kVarlen>(p, ss, bh, m),
-                                               Traits::kBlockM * Traits::D * int(sizeof(float)));
-    }
-  }
+  if (last) __threadfence();
   ss.dq_last[writer] = last ? 1 : 0;
   ss.dq_done.arrive();
 }
@@ -118,67 +110,88 @@ __device__ __forceinline__ void bwd_dq_fuse_progress(BwdKernelParams<Traits> con
   }
 }
 
+// The convert's stages: shared-memory buffers of one fp32 accumulator block
+// each, free once the mainloop and the epilogue are done (Q, dO, the dQ
+// staging buffer, and dS where it is large enough), filled by bulk copies.
+template <class Traits>
+struct BwdDqCvtStages {
+  using SS = typename Traits::SharedStorage;
+  static constexpr int kBytes = Traits::kBlockM * Traits::D * int(sizeof(float));
+  static_assert(sizeof(SS::smem_q) >= kBytes && sizeof(SS::smem_do) >= kBytes &&
+                sizeof(SS::smem_dq) >= kBytes);
+  static constexpr bool kDs = sizeof(SS::smem_ds) >= kBytes;
+  static constexpr int kCount = kDs ? 4 : 3;
+  __device__ __forceinline__ static float* at(SS& ss, int s) {
+    void* p = s == 0 ? static_cast<void*>(ss.smem_q.data())
+              : s == 1 ? static_cast<void*>(ss.smem_do.data())
+              : s == 2 ? static_cast<void*>(ss.smem_dq.data())
+                       : static_cast<void*>(ss.smem_ds.data());
+    return static_cast<float*>(p);
+  }
+};
+
 // Consumers (tid < 256), after the dK/dV epilogue: if this CTA completed
 // its head's count and some CTA of the grid has yet to start, convert
-// every query block of the (sequence, head) into dQ rows. Blocks go in
-// groups of kGroup, the loads of the next group issued before the current
-// one is stored (two register buffers), so that L2 round trips overlap
-// with the stores. The staging tile lives over smem_k and smem_v
-// (adjacent; the epilogue's dK/dV reads of them end at the first barrier
-// here).
+// every query block of the (sequence, head) into dQ rows. The blocks come
+// through BwdDqCvtStages::kCount shared-memory stages by bulk copies, that
+// many blocks ahead: one SM's convert is bound by its loads in flight (two
+// blocks ahead in registers: ~46 GB/s, 32 us per d128 2k head; L2
+// prefetches of the head's blocks first did not change it). The staging tile of the rows lives over
+// smem_k and smem_v (adjacent; the epilogue's dK/dV reads of them end at
+// the first barrier here).
 template <class Traits, bool kVarlen>
 __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> const& p,
                                                     typename Traits::SharedStorage& ss,
                                                     int batch, int head, int tid) {
   using C = BwdDqConvert<Traits>;
+  using St = BwdDqCvtStages<Traits>;
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM;
-  constexpr int kGroup = C::kLoads > 8 ? 1 : 16 / C::kLoads;  // <= 16 float4 per buffer
+  constexpr int kBlockM = Traits::kBlockM, kS = St::kCount;
   static_assert(C::kChunks == 1);
   static_assert(C::kTileElems * sizeof(Element) <= sizeof(ss.smem_k) + sizeof(ss.smem_v));
   int const writers = bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1;
   ss.dq_done.wait(0);
   if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 8);
   if (!(ss.dq_last[0] || (writers == 2 && ss.dq_last[1]))) return;
+  // Generic-proxy writes to the stages (dS, dQ staging, GQA's dK/dV) come
+  // before the bulk copies' writes; the barrier below orders every thread's.
+  cutlass::arch::fence_view_async_shared();
   // (Its barrier also ends the epilogue's use of smem_k / smem_v.)
   int started, total;
   bwd_dq_fuse_progress<Traits, kVarlen>(p, ss.dq_sum, tid, &started, &total);
   if (started >= total) return;  // the tail: the separate kernel's
   int const bh = batch * p.num_heads + head;
-  if (tid == 0) p.dq_done[bh] = kDqConverted;  // read after this kernel
   FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
   int const seqlen_q = mask.seqlen_q;
+  int const nblk = (seqlen_q + kBlockM - 1) / kBlockM;
+  auto fetch = [&](int m) {  // thread 0: block m into stage m % kS
+    int const s = m % kS;
+    ss.dq_cvt[s].arrive_and_expect_tx(St::kBytes);
+    cute::SM90_BULK_COPY_G2S::copy(bwd_dq_block<Traits, kVarlen>(p, ss, bh, m),
+                                   reinterpret_cast<uint64_t*>(&ss.dq_cvt[s]), St::at(ss, s),
+                                   St::kBytes);
+  };
+  if (tid == 0) {
+    p.dq_done[bh] = kDqConverted;  // read after this kernel
+    for (int m = 0; m < kS && m < nblk; ++m) fetch(m);
+  }
   Element* out = static_cast<Element*>(p.dq) + int64_t(head) * p.q_head_stride;
   if constexpr (kVarlen) out += int64_t(ss.seq.q_row) * p.q_row_stride;
   else out += int64_t(batch) * p.q_batch_stride;
   Element* tile = ss.smem_k.data();
-  int const nblk = (seqlen_q + kBlockM - 1) / kBlockM;
   auto sync = [] { cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull)); };
-  auto load = [&](float4 (&v)[kGroup][C::kLoads], int m0) {
-    CUTE_UNROLL
-    for (int g = 0; g < kGroup; ++g) {
-      if (m0 + g < nblk) C::load(bwd_dq_block<Traits, kVarlen>(p, ss, bh, m0 + g), 0, v[g], tid);
-    }
-  };
-  auto store = [&](float4 const (&v)[kGroup][C::kLoads], int m0) {
-    CUTE_UNROLL
-    for (int g = 0; g < kGroup; ++g) {
-      int const row0 = (m0 + g) * kBlockM;
-      if (m0 + g < nblk) {
-        int const rows = seqlen_q - row0 < kBlockM ? seqlen_q - row0 : kBlockM;
-        C::store(v[g], 0, out + int64_t(row0) * p.q_row_stride, rows, p.q_row_stride,
-                 p.softmax_scale, tile, tid, sync);
-      }
-    }
-  };
-  float4 a[kGroup][C::kLoads], b[kGroup][C::kLoads];
-  load(a, 0);
 #pragma unroll 1
-  for (int m0 = 0; m0 < nblk; m0 += 2 * kGroup) {
-    load(b, m0 + kGroup);
-    store(a, m0);
-    load(a, m0 + 2 * kGroup);
-    store(b, m0 + kGroup);
+  for (int m = 0; m < nblk; ++m) {
+    int const s = m % kS;
+    ss.dq_cvt[s].wait(uint32_t(m / kS) & 1u);
+    float4 v[C::kLoads];
+    C::load_smem(St::at(ss, s), v, tid);
+    sync();  // every thread has read stage s
+    if (tid == 0 && m + kS < nblk) fetch(m + kS);
+    int const row0 = m * kBlockM;
+    int const rows = seqlen_q - row0 < kBlockM ? seqlen_q - row0 : kBlockM;
+    C::store(v, 0, out + int64_t(row0) * p.q_row_stride, rows, p.q_row_stride, p.softmax_scale,
+             tile, tid, sync);
   }
   if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 9);
 }

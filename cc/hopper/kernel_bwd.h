@@ -320,6 +320,9 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
     }
     if constexpr (kVarlen) ss.seq = sq;
     ss.dq_done.init(bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1);
+    if constexpr (kBwdDqFuse<Traits>) {
+      for (int s = 0; s < BwdDqCvtStages<Traits>::kCount; ++s) ss.dq_cvt[s].init(1);
+    }
   }
   auto pipe_q = bwd_make_pipe<Traits, Pipeline>(ss.pipeline_q, warp_group);
   auto pipe_do = bwd_make_pipe<Traits, typename Traits::PipelinedO>(ss.pipeline_do, warp_group);
@@ -341,7 +344,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
       if (bwd_dq_fused(p, mask) && lane == 0 &&
           writer < (bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1)) {
-        bwd_dq_fuse_signal<Traits, kVarlen>(p, ss, mask, batch * p.num_heads + head, writer);
+        bwd_dq_fuse_signal<Traits>(p, ss, mask, batch * p.num_heads + head, writer);
       }
     }
   } else {

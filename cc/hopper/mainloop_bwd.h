@@ -256,6 +256,9 @@ struct BwdTraits {
     cutlass::arch::ClusterBarrier dq_done;
     int dq_last[2];
     int dq_sum[9];  // bwd_dq_fuse_progress
+    // The convert's bulk loads of accumulator blocks, one per stage
+    // (BwdDqCvtStages, bwd_dq_fuse.h).
+    cutlass::arch::ClusterTransactionBarrier dq_cvt[4];
     // Varlen: the CTA's BwdSeq. The consumers read it from here at each use
     // rather than keep it in registers through the mainloop, which has none
     // to spare (kept in registers, d128 spilled).
