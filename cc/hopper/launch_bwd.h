@@ -125,9 +125,12 @@ namespace jax_fa3::hopper {
 
 // The fused dQ convert (bwd_dq_fuse.h): sequences of at most this many
 // query rows may be converted by their last CTA (JAX_FA3_BWD_DQ_FUSE_ROWS,
-// api.h, overrides it at run time).
+// api.h, overrides it at run time). Through JAX, d128 (H100, against the
+// separate kernel alone): 512 1.04x, 2k 1.02x, the packed documents of
+// benchmarks.varlen (<= 3.5k) 1.013 / 1.018x; at 8k 1.011x non-causal but
+// 0.990x causal (one CTA converts a whole 8k head), hence the bound.
 #ifndef JAX_FA3_BWD_DQ_FUSE_ROWS  // build-time override for A/B experiments
-#define JAX_FA3_BWD_DQ_FUSE_ROWS (1 << 30)
+#define JAX_FA3_BWD_DQ_FUSE_ROWS 4096
 #endif
 
 // Deterministic: how many (batch, head) groups the launch interleaves
