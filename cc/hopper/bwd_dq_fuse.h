@@ -40,13 +40,13 @@ namespace jax_fa3::hopper {
 template <class Traits>
 constexpr bool kBwdDqFuse = !kBwdDqRed<Traits>;
 
-// Whether this CTA's sequence is converted in the kernel (the same test as
-// bwd_dq_convert_kernel's, which skips those blocks).
+// Whether this CTA's sequence takes part in the fused convert (the
+// separate kernel converts every head not marked kDqConverted).
 template <class Traits>
 __device__ __forceinline__ bool bwd_dq_fused(BwdKernelParams<Traits> const& p,
                                              FwdMask const& seq_mask) {
   if constexpr (!kBwdDqFuse<Traits>) return false;
-  return seq_mask.seqlen_q <= p.dq_fuse_rows;
+  return p.dq_fuse_rows > 0 && seq_mask.seqlen_q <= p.dq_fuse_rows;
 }
 
 // How many signals complete the count of (batch or sequence, head): one per
@@ -173,6 +173,10 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
   };
   if (tid == 0) {
     p.dq_done[bh] = kDqConverted;  // read after this kernel
+    // The other CTAs' adds were seen through the generic proxy (the count);
+    // the bulk copies read them through the async proxy. (CUTLASS 4.2 wraps
+    // only the shared-memory form of this fence.)
+    asm volatile("fence.proxy.async.global;" ::: "memory");
     for (int m = 0; m < kS && m < nblk; ++m) fetch(m);
   }
   Element* out = static_cast<Element*>(p.dq) + int64_t(head) * p.q_head_stride;
