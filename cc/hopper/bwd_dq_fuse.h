@@ -54,8 +54,7 @@ __device__ __forceinline__ bool bwd_dq_fused(BwdKernelParams<Traits> const& p,
 template <class Traits>
 __device__ __forceinline__ int bwd_dq_fuse_target(BwdKernelParams<Traits> const& p,
                                                   FwdMask const& seq_mask) {
-  int const writers = bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1;
-  return writers * ((seq_mask.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN);
+  return bwd_dq_writers<Traits>(p.deterministic) * ((seq_mask.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN);
 }
 
 // Writer warp `writer`'s lane 0, after its last dQ add: wait for its bulk
@@ -81,7 +80,8 @@ __device__ __forceinline__ void bwd_dq_fuse_signal(BwdKernelParams<Traits> const
 // How many CTAs of the grid do work (every CTA counts itself in
 // p.dq_started at its start): dense, all; varlen, the key blocks of every
 // sequence, per head. Consumer threads (tid < 256) together; `sum` is
-// 9 ints of shared memory; also returns thread 0's read of p.dq_started,
+// kDqSumInts ints of shared memory (one per consumer warp, then the
+// started count); also returns thread 0's read of p.dq_started,
 // taken before the barrier, so that every thread decides alike.
 template <class Traits, bool kVarlen>
 __device__ __forceinline__ void bwd_dq_fuse_progress(BwdKernelParams<Traits> const& p,
@@ -97,13 +97,15 @@ __device__ __forceinline__ void bwd_dq_fuse_progress(BwdKernelParams<Traits> con
     for (int o = 16; o > 0; o /= 2) part += __shfl_xor_sync(0xffffffffu, part, o);
     if (tid % 32 == 0) sum[tid / 32] = part;
   }
-  if (tid == 0) sum[8] = *reinterpret_cast<volatile int*>(p.dq_started);
+  constexpr int kWarps = Traits::kNumMmaThreads / 32;
+  static_assert(kWarps + 1 <= kDqSumInts);
+  if (tid == 0) sum[kWarps] = *reinterpret_cast<volatile int*>(p.dq_started);
   cutlass::arch::NamedBarrier::sync(256, uint32_t(BwdBarrier::kDsFull));
-  *started = sum[8];
+  *started = sum[kWarps];
   if constexpr (kVarlen) {
     int t = 0;
     CUTE_UNROLL
-    for (int w = 0; w < 8; ++w) t += sum[w];
+    for (int w = 0; w < kWarps; ++w) t += sum[w];
     *total = t * p.num_heads;
   } else {
     *total = int(gridDim.x * gridDim.y * gridDim.z);
@@ -136,9 +138,9 @@ struct BwdDqCvtStages {
 // through BwdDqCvtStages::kCount shared-memory stages by bulk copies, that
 // many blocks ahead: one SM's convert is bound by its loads in flight (two
 // blocks ahead in registers: ~46 GB/s, 32 us per d128 2k head; L2
-// prefetches of the head's blocks first did not change it). The staging tile of the rows lives over
-// smem_k and smem_v (adjacent; the epilogue's dK/dV reads of them end at
-// the first barrier here).
+// prefetches of the head's blocks first did not change it). The staging
+// tile of the rows lives over smem_k and smem_v (adjacent; the epilogue's
+// dK/dV reads of them end at the first barrier here).
 template <class Traits, bool kVarlen>
 __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> const& p,
                                                     typename Traits::SharedStorage& ss,
@@ -149,7 +151,7 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
   constexpr int kBlockM = Traits::kBlockM, kS = St::kCount;
   static_assert(C::kChunks == 1);
   static_assert(C::kTileElems * sizeof(Element) <= sizeof(ss.smem_k) + sizeof(ss.smem_v));
-  int const writers = bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1;
+  int const writers = bwd_dq_writers<Traits>(p.deterministic);
   ss.dq_done.wait(0);
   if (tid == 0) JAX_FA3_BWD_TRACE_AT(p, 8);
   if (!(ss.dq_last[0] || (writers == 2 && ss.dq_last[1]))) return;

@@ -142,6 +142,11 @@ template <class Traits>
 __host__ __device__ __forceinline__ constexpr bool bwd_dq_two_writers(bool det) {
   return kBwdDqTwoWriters<Traits> && det;
 }
+// How many writer warps add dQ in this mode.
+template <class Traits>
+__host__ __device__ __forceinline__ constexpr int bwd_dq_writers(bool det) {
+  return bwd_dq_two_writers<Traits>(det) ? 2 : 1;
+}
 
 // dQ of query block m, consumer side: called right after dQ (its first
 // chunk) and then dK were issued, with dV issued before them. Each
@@ -240,7 +245,7 @@ struct BwdDqWriter {
     if (m_hi <= m_lo || (kRed && !p.deterministic)) return;
     uint32_t const empty = uint32_t(BwdBarrier::kDqEmpty), full = uint32_t(BwdBarrier::kDqFull);
     bool const two = bwd_dq_two_writers<Traits>(p.deterministic);
-    int const writers = two ? 2 : 1;
+    int const writers = bwd_dq_writers<Traits>(p.deterministic);
     if (writer >= writers) return;
     if (!kRed && !two) {
       // The one buffer starts free: one arrival ahead of the consumers' first wait.

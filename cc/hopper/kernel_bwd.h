@@ -319,7 +319,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
       }
     }
     if constexpr (kVarlen) ss.seq = sq;
-    ss.dq_done.init(bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1);
+    ss.dq_done.init(bwd_dq_writers<Traits>(p.deterministic));
     if constexpr (kBwdDqFuse<Traits>) {
       for (int s = 0; s < BwdDqCvtStages<Traits>::kCount; ++s) ss.dq_cvt[s].init(1);
     }
@@ -342,8 +342,7 @@ __global__ void __launch_bounds__(Traits::kNumThreads, 1)
                                         lane, writer);
       if (warp_idx == 1 && lane == 0) JAX_FA3_BWD_TRACE_AT(p, 6);
       FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
-      if (bwd_dq_fused(p, mask) && lane == 0 &&
-          writer < (bwd_dq_two_writers<Traits>(p.deterministic) ? 2 : 1)) {
+      if (bwd_dq_fused(p, mask) && lane == 0 && writer < bwd_dq_writers<Traits>(p.deterministic)) {
         bwd_dq_fuse_signal<Traits>(p, ss, mask, batch * p.num_heads + head, writer);
       }
     }

@@ -266,18 +266,16 @@ std::string launch_bwd_impl(const AttnParams& a, const BwdWorkspace& w, cudaStre
                                      (a.causal ? "c" : ""), stream);
 #endif
   // dQ of the heads the main kernel did not convert (bwd_dq.h).
-  {
-    bwd_dq_convert_kernel<Traits>
-        <<<dim3(unsigned(num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
-           Traits::kNumMmaThreads, 0, stream>>>(
-            kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads),
-            num_m, a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
-            vl ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs), kp.dq_done);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) {
-      return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +
-             cudaGetErrorString(err);
-    }
+  bwd_dq_convert_kernel<Traits>
+      <<<dim3(unsigned(num_m), unsigned(a.num_heads), unsigned(w.ws_batch)),
+         Traits::kNumMmaThreads, 0, stream>>>(
+          kp.dq_accum, static_cast<Element*>(a.dq), int(a.seqlen_q), int(a.num_heads), num_m,
+          a.q_batch_stride, a.q_row_stride, a.q_head_stride, a.softmax_scale,
+          vl ? varlen_side_q(a) : VarlenSide{}, int(a.num_seqs), kp.dq_done);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return std::string("jax_fa3 hopper bwd: dq convert launch failed: ") +
+           cudaGetErrorString(err);
   }
   return "";
 }

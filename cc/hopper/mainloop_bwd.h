@@ -76,6 +76,10 @@ template <int D> struct BwdTileConfig {
 // the params' mask, rows from 0 of batch entry b. Varlen: the sequence's
 // mask and its rows in the packed tensors and in the padded scratch
 // (bwd_scratch.h).
+// The fused dQ convert's reduction scratch (bwd_dq_fuse_progress): one int
+// per consumer warp (two warpgroups), then one.
+constexpr int kDqSumInts = 2 * 4 + 1;
+
 struct BwdSeq {
   FwdMask mask;
   int64_t ws_row;      // scratch row (lse2, dPsum, dQ accumulator) of query row 0
@@ -255,7 +259,7 @@ struct BwdTraits {
     // w's count completed the head's.
     cutlass::arch::ClusterBarrier dq_done;
     int dq_last[2];
-    int dq_sum[9];  // bwd_dq_fuse_progress
+    int dq_sum[kDqSumInts];  // bwd_dq_fuse_progress
     // The convert's bulk loads of accumulator blocks, one per stage
     // (BwdDqCvtStages, bwd_dq_fuse.h).
     cutlass::arch::ClusterTransactionBarrier dq_cvt[4];
