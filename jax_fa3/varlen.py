@@ -67,9 +67,11 @@ def attention_varlen(q: jax.Array,
       total, seqused <= allocated length, lengths <= max_seqlen) and the
       call fails with an XLA runtime error naming the entry. The Hopper
       backend cannot read device memory per call without a host sync, so
-      under ``jax.jit`` on the GPU invalid values are not reported: the
-      kernels keep every access inside the tensors, but the results are
-      then undefined. Validate offsets eagerly (or on CPU) when in doubt.
+      under ``jax.jit`` on the GPU it checks the same conditions on the
+      device and, when any fails, makes EVERY element of the results NaN
+      (``out``, ``lse``, and ``dq`` / ``dk`` / ``dv`` in the backward):
+      never a partial or silently wrong result, and never an access outside
+      the tensors. Validate offsets eagerly (or on CPU) for the message.
   """
   _validate.check_qkv(q, k, v, packed=True)
   num_seqs = _validate.check_cu_seqlens(cu_seqlens_q, cu_seqlens_k)

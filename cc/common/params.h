@@ -90,7 +90,10 @@ struct AttnParams {
   // attended lengths. cc/common/varlen.h reads these fields.
   //
   // The pointers are host memory on the CPU backend and device memory on
-  // CUDA (where the handler therefore cannot validate their values).
+  // CUDA: the CPU handler rejects invalid values with an error; the CUDA
+  // handler cannot read them without a sync, so its last kernel checks them
+  // on the device and, when they break this contract, writes NaN into every
+  // output element (out, lse, dq, dk, dv) instead of leaving undefined values.
   bool is_varlen = false;
   int64_t num_seqs = 0;
   int64_t total_q = 0;

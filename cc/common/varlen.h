@@ -61,6 +61,16 @@ struct VarlenSide {
     if (max_len < cap) cap = max_len;
     return n < 0 ? 0 : (n > cap ? cap : n);
   }
+  // Entry b in [0, n] (n = num_seqs) against params.h's contract, unclamped:
+  // the conditions of varlen_detail::check_side below, one entry at a time so
+  // that a GPU block can check all of them in parallel (varlen_fill.cu).
+  JAX_FA3_HD bool entry_ok(int64_t b, int64_t n) const {
+    if (b == 0 && cu[0] != 0) return false;
+    if (b == n) return cu[n] <= total;
+    int64_t const alloc = int64_t(cu[b + 1]) - cu[b];
+    int64_t const n_used = used ? int64_t(used[b]) : alloc;
+    return alloc >= 0 && n_used >= 0 && n_used <= alloc && n_used <= max_len;
+  }
 };
 
 // The sides of a varlen AttnParams (seqlen_q/k hold the max lengths).

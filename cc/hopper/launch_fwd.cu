@@ -98,7 +98,9 @@ std::string dispatch(const AttnParams& p, cudaStream_t s) {
 // Varlen (params.h): the packed rows outside every sequence's attended part
 // get out 0 / lse -inf from fill_unattended_rows, the attended ones from the
 // kernel. The offsets live in device memory, so only what the host knows is
-// validated; the kernel clamps the rest (tile_scheduler.h VarlenSeq).
+// validated here; the kernel clamps the rest (tile_scheduler.h VarlenSeq)
+// and the fill, launched last, checks them and turns every output into NaN
+// when they are invalid.
 std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
   const char* bad = nullptr;
   if (p.num_heads <= 0 || p.num_heads_k <= 0 || p.head_dim <= 0) bad = "invalid shape";
@@ -130,6 +132,7 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
   }
   if (p.total_q == 0) return "";
   if (!hdim_built(p.head_dim)) return dispatch(p, s);  // its message
+  std::string err;
   if (p.total_k == 0 || p.max_seqlen_k == 0) {
     // No sequence has a key to attend (and no TMA descriptor can describe an
     // empty K/V): every row, attended or not, gets out 0 / lse -inf.
@@ -138,14 +141,15 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
     fill_empty_rows<<<int(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(
         static_cast<uint16_t*>(p.out), p.lse, rows, p.total_q, p.num_heads, p.head_dim, 0,
         p.q_row_stride, p.q_head_stride, 0, p.lse_head_stride);
-    return launch_error("launch");
+    err = launch_error("launch");
+  } else if (p.max_seqlen_q > 0) {  // else no attended query row
+    err = dispatch(p, s);
   }
-  std::string err = fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads,
-                                         p.head_dim, varlen_side_q(p), p.num_seqs, p.lse,
-                                         p.lse_head_stride, s);
   if (!err.empty()) return err;
-  if (p.max_seqlen_q == 0) return "";  // no attended query row
-  return dispatch(p, s);
+  // After the kernels: it writes the rows they leave, or NaN everywhere.
+  return fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads, p.head_dim,
+                              varlen_side_q(p), varlen_side_k(p), p.num_seqs, p.lse,
+                              p.lse_head_stride, s);
 }
 
 // The launcher's A/B switches: environment variable `name` set to 1.

@@ -25,29 +25,49 @@ __device__ __forceinline__ bool row_attended(int64_t row, const VarlenSide& v,
   return j >= 0 && j < v.len(lo);
 }
 
+// Whether both sides' offsets keep params.h's contract: the block checks the
+// n + 1 entries of each side together (every block for itself, so no grid
+// synchronisation or scratch flag is needed).
+__device__ __forceinline__ bool offsets_ok(const VarlenSide& a, const VarlenSide& b,
+                                           int64_t num_seqs) {
+  bool bad = false;
+  for (int64_t i = threadIdx.x; i <= num_seqs && !bad; i += blockDim.x)
+    bad = !a.entry_ok(i, num_seqs) || !b.entry_ok(i, num_seqs);
+  return !__syncthreads_or(bad);
+}
+
 __global__ void fill_unattended_kernel(uint16_t* x, int64_t row_stride, int64_t head_stride,
-                                       int64_t heads, int64_t d, VarlenSide v, int64_t num_seqs,
-                                       float* lse, int64_t lse_head_stride) {
+                                       int64_t heads, int64_t d, VarlenSide v, VarlenSide other,
+                                       int64_t num_seqs, float* lse, int64_t lse_head_stride) {
+  // 0xffff is a NaN in both bfloat16 and float16 (all exponent bits set,
+  // non-zero mantissa); +0 is 0 in both.
+  bool const poison = !offsets_ok(v, other, num_seqs);
+  uint16_t const value = poison ? uint16_t(0xffff) : uint16_t(0);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < v.total * heads;
        i += int64_t(gridDim.x) * blockDim.x) {
     int64_t row = i / heads, h = i - row * heads;
-    if (row_attended(row, v, num_seqs)) continue;
+    if (!poison && row_attended(row, v, num_seqs)) continue;
     uint16_t* o = x + row * row_stride + h * head_stride;
-    for (int64_t c = 0; c < d; ++c) o[c] = 0;  // +0.0 in bf16 and fp16
-    if (lse) lse[h * lse_head_stride + row] = -INFINITY;
+    for (int64_t c = 0; c < d; ++c) o[c] = value;
+    if (lse) lse[h * lse_head_stride + row] = poison ? NAN : -INFINITY;
   }
 }
 
 }  // namespace
 
 std::string fill_unattended_rows(void* x, int64_t row_stride, int64_t head_stride, int64_t heads,
-                                 int64_t d, VarlenSide v, int64_t num_seqs, float* lse,
-                                 int64_t lse_head_stride, cudaStream_t stream) {
-  if (v.total <= 0 || heads <= 0) return "";
-  int64_t n = v.total * heads;
+                                 int64_t d, VarlenSide rows, VarlenSide other, int64_t num_seqs,
+                                 float* lse, int64_t lse_head_stride, cudaStream_t stream) {
+  if (rows.total <= 0 || heads <= 0) return "";
+  int64_t const n = rows.total * heads;
+  // Every block reads all 2 * (num_seqs + 1) offsets for its check: fewer
+  // blocks (each striding further) when there are many sequences, so that
+  // the checks read at most ~2^20 entries in all.
+  int64_t cap = (int64_t(1) << 20) / (num_seqs + 1);
+  cap = cap < 128 ? 128 : (cap > 8192 ? 8192 : cap);
   int64_t blocks = (n + 255) / 256;
-  fill_unattended_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
-      static_cast<uint16_t*>(x), row_stride, head_stride, heads, d, v, num_seqs, lse,
+  fill_unattended_kernel<<<int(blocks < cap ? blocks : cap), 256, 0, stream>>>(
+      static_cast<uint16_t*>(x), row_stride, head_stride, heads, d, rows, other, num_seqs, lse,
       lse_head_stride);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return std::string("jax_fa3 varlen fill: launch failed: ") + cudaGetErrorString(err);

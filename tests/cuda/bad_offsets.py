@@ -8,7 +8,9 @@ tensors. Run as
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/cuda/bad_offsets.py
 
 Each case runs the forward and the backward once; the script prints one line
-per case and exits 0 when all ran (memcheck decides about the accesses).
+per case and exits 0 when all ran and every output and gradient element came
+back NaN, the kernels' answer to offsets they cannot report (memcheck decides
+about the accesses).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def main() -> None:
       "seqused > allocation": (good_q, good_k, np.array([100, 500, 9999], np.int32)),
       "seqused negative": (good_q, good_k, np.array([100, -5, 50], np.int32)),
   }
+  failed = 0
   for name, (cu_q, cu_k, used) in cases.items():
     def loss(a, b, c, cu_q, cu_k, used):
       out = jax_fa3.attention_varlen(a, b, c, cu_q, cu_k, 150, 110, causal=True,
@@ -45,9 +48,12 @@ def main() -> None:
     (_, out), grads = f(q, k, v, jnp.asarray(cu_q), jnp.asarray(cu_k),
                         None if used is None else jnp.asarray(used))
     jax.block_until_ready((out, grads))
-    print(f"{name}: ran (out finite: {bool(jnp.isfinite(out.astype(jnp.float32)).all())})",
-          flush=True)
-  print("bad offsets: all cases ran")
+    nan = [bool(jnp.isnan(x.astype(jnp.float32)).all()) for x in (out,) + tuple(grads)]
+    print(f"{name}: ran (out, dq, dk, dv all NaN: {nan})", flush=True)
+    failed += not all(nan)
+  print("bad offsets: all cases ran" + (f", {failed} not all NaN" if failed else ""))
+  if failed:
+    raise SystemExit(1)
 
 
 if __name__ == "__main__":
