@@ -105,48 +105,56 @@ def test_bad_offsets_eager_raise(rng):
 
 
 # Invalid offsets under jit (the host never sees the values): every output
-# element NaN, forward and backward. (name, change to (cu_q, cu_k, used),
-# max_seqlen_q.)
+# element NaN, forward and backward. case -> (change to (cu_q, cu_k, used_k),
+# max_seqlen_q, max_seqlen_k); the valid call uses (77, 70).
 _BAD_JIT = {
-    "not_monotone": (lambda cq, ck, u: (cq.at[2].set(cq[1] - 1), ck, u), 77),
-    "q_past_end": (lambda cq, ck, u: (cq.at[3].set(cq[3] + 500), ck, u), 77),
-    "k_first_not_0": (lambda cq, ck, u: (cq, ck.at[0].set(3), u), 77),
-    "seqused_over": (lambda cq, ck, u: (cq, ck, u.at[1].set(50)), 77),
-    "seqused_negative": (lambda cq, ck, u: (cq, ck, u.at[0].set(-1)), 77),
-    "max_seqlen_short": (lambda cq, ck, u: (cq, ck, u), 60),
+    "not_monotone": (lambda cq, ck, u: (cq.at[2].set(cq[1] - 1), ck, u), 77, 70),
+    "q_past_end": (lambda cq, ck, u: (cq.at[-1].set(cq[-1] + 500), ck, u), 77, 70),
+    "k_first_not_0": (lambda cq, ck, u: (cq, ck.at[0].set(3), u), 77, 70),
+    "seqused_over": (lambda cq, ck, u: (cq, ck, u.at[1].set(50)), 77, 70),
+    "seqused_negative": (lambda cq, ck, u: (cq, ck, u.at[0].set(-1)), 77, 70),
+    "max_seqlen_q_short": (lambda cq, ck, u: (cq, ck, u), 60, 70),
+    "max_seqlen_k_short": (lambda cq, ck, u: (cq, ck, u), 77, 69),
+    # 603 sequences: the broken entry lies in the check's third block.
+    "many_seqs_k_not_monotone": (lambda cq, ck, u: (cq, ck.at[590].set(ck[589] - 1), u), 77, 70),
 }
 
 
 @pytest.mark.parametrize("case", list(_BAD_JIT))
 def test_bad_offsets_under_jit_give_nan(rng, case):
   from jax_fa3 import primitives  # pylint: disable=g-import-not-at-top
-  q, k, v, cu_q, cu_k = make_packed(rng, [40, 9, 77], [40, 9, 70], 4, 2, 128, jnp.bfloat16)
-  used = jnp.asarray([40, 9, 70], jnp.int32)
+  # Both dtypes: the NaN pattern must be one in each.
+  dtype = jnp.float16 if list(_BAD_JIT).index(case) % 2 else jnp.bfloat16
+  lens_q, lens_k = [40, 9, 77], [40, 9, 70]
+  if case.startswith("many"):
+    lens_q, lens_k = lens_q + [2] * 600, lens_k + [3] * 600
+  q, k, v, cu_q, cu_k = make_packed(rng, lens_q, lens_k, 4, 2, 128, dtype)
+  used = jnp.asarray(lens_k, jnp.int32)
   dout = jnp.asarray(rng.standard_normal(q.shape), q.dtype)
-  change, max_q = _BAD_JIT[case]
+  change, max_q, max_k = _BAD_JIT[case]
   cfg = primitives.AttnConfig.from_args(128, softmax_scale=None, causal=True, window_size=(-1, -1),
                                         softcap=0.0, deterministic=False)
 
-  def spec(mq):
-    return primitives.VarlenSpec(max_seqlen_q=mq, max_seqlen_k=70, has_seqused_q=False,
+  def spec(mq, mk):
+    return primitives.VarlenSpec(max_seqlen_q=mq, max_seqlen_k=mk, has_seqused_q=False,
                                  has_seqused_k=True)
 
-  def fwd(mq):
-    return jax.jit(lambda *a: primitives.varlen_fwd_call(*a, cfg, spec(mq)))
+  def fwd(mq, mk):
+    return jax.jit(lambda *a: primitives.varlen_fwd_call(*a, cfg, spec(mq, mk)))
 
-  def bwd(mq):
-    return jax.jit(lambda *a: primitives.varlen_bwd_call(*a, cfg, spec(mq)))
+  def bwd(mq, mk):
+    return jax.jit(lambda *a: primitives.varlen_bwd_call(*a, cfg, spec(mq, mk)))
 
   # Valid offsets: no NaN anywhere (the pad rows past cu[-1] get lse -inf),
   # so the NaN below come from the check.
-  out, lse = fwd(77)(q, k, v, cu_q, cu_k, None, used)
-  grads = bwd(77)(q, k, v, out, lse, dout, cu_q, cu_k, None, used)
+  out, lse = fwd(77, 70)(q, k, v, cu_q, cu_k, None, used)
+  grads = bwd(77, 70)(q, k, v, out, lse, dout, cu_q, cu_k, None, used)
   for x in (out, lse) + tuple(grads):
     assert not bool(jnp.isnan(x.astype(jnp.float32)).any())
   # Invalid: the forward's outputs, and the backward's from the valid
   # forward's residuals (its own check, not NaN inputs), are NaN throughout.
   bq, bk, bu = change(cu_q, cu_k, used)
-  bad_fwd = fwd(max_q)(q, k, v, bq, bk, None, bu)
-  bad_bwd = bwd(max_q)(q, k, v, out, lse, dout, bq, bk, None, bu)
+  bad_fwd = fwd(max_q, max_k)(q, k, v, bq, bk, None, bu)
+  bad_bwd = bwd(max_q, max_k)(q, k, v, out, lse, dout, bq, bk, None, bu)
   for name, x in zip(("out", "lse", "dq", "dk", "dv"), tuple(bad_fwd) + tuple(bad_bwd)):
     assert bool(jnp.isnan(x.astype(jnp.float32)).all()), f"{case}: {name} not all NaN"

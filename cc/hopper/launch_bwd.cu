@@ -66,18 +66,23 @@ std::string check_varlen(const AttnParams& p) {
 }
 
 // Varlen rows outside every sequence's attended part get zero gradients
-// (params.h); the tile kernels never write them. Last, after every kernel
-// that writes dq/dk/dv: invalid offsets turn all of them into NaN.
+// (params.h); the tile kernels never write them. Then, last, the offsets'
+// check: invalid ones turn every element of dq/dk/dv into NaN.
 std::string fill_unattended(const AttnParams& p, cudaStream_t s) {
   std::string e = fill_unattended_rows(p.dq, p.q_row_stride, p.q_head_stride, p.num_heads,
-                                       p.head_dim, varlen_side_q(p), varlen_side_k(p),
-                                       p.num_seqs, nullptr, 0, s);
+                                       p.head_dim, varlen_side_q(p), p.num_seqs, nullptr, 0, s);
   for (void* x : {p.dk, p.dv}) {
     if (e.empty())
       e = fill_unattended_rows(x, p.k_row_stride, p.k_head_stride, p.num_heads_k, p.head_dim,
-                               varlen_side_k(p), varlen_side_q(p), p.num_seqs, nullptr, 0, s);
+                               varlen_side_k(p), p.num_seqs, nullptr, 0, s);
   }
-  return e;
+  if (!e.empty()) return e;
+  VarlenOutput const outs[3] = {
+      {p.dq, p.total_q, p.q_row_stride, p.q_head_stride, p.num_heads, p.head_dim},
+      {p.dk, p.total_k, p.k_row_stride, p.k_head_stride, p.num_heads_k, p.head_dim},
+      {p.dv, p.total_k, p.k_row_stride, p.k_head_stride, p.num_heads_k, p.head_dim}};
+  return poison_if_offsets_invalid(varlen_side_q(p), varlen_side_k(p), p.num_seqs, outs, 3,
+                                   nullptr, 0, 0, 0, s);
 }
 
 }  // namespace

@@ -99,8 +99,8 @@ std::string dispatch(const AttnParams& p, cudaStream_t s) {
 // get out 0 / lse -inf from fill_unattended_rows, the attended ones from the
 // kernel. The offsets live in device memory, so only what the host knows is
 // validated here; the kernel clamps the rest (tile_scheduler.h VarlenSeq)
-// and the fill, launched last, checks them and turns every output into NaN
-// when they are invalid.
+// and a check launched last turns every output into NaN when they are
+// invalid (varlen_fill.h).
 std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
   const char* bad = nullptr;
   if (p.num_heads <= 0 || p.num_heads_k <= 0 || p.head_dim <= 0) bad = "invalid shape";
@@ -142,14 +142,19 @@ std::string run_fwd_varlen(const AttnParams& p, cudaStream_t s) {
         static_cast<uint16_t*>(p.out), p.lse, rows, p.total_q, p.num_heads, p.head_dim, 0,
         p.q_row_stride, p.q_head_stride, 0, p.lse_head_stride);
     err = launch_error("launch");
-  } else if (p.max_seqlen_q > 0) {  // else no attended query row
-    err = dispatch(p, s);
+  } else {
+    if (p.max_seqlen_q > 0) err = dispatch(p, s);  // else no attended query row
+    if (err.empty())
+      err = fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads,
+                                 p.head_dim, varlen_side_q(p), p.num_seqs, p.lse,
+                                 p.lse_head_stride, s);
   }
   if (!err.empty()) return err;
-  // After the kernels: it writes the rows they leave, or NaN everywhere.
-  return fill_unattended_rows(p.out, p.q_row_stride, p.q_head_stride, p.num_heads, p.head_dim,
-                              varlen_side_q(p), varlen_side_k(p), p.num_seqs, p.lse,
-                              p.lse_head_stride, s);
+  // Last, after every write of out / lse.
+  VarlenOutput const out{p.out, p.total_q, p.q_row_stride, p.q_head_stride, p.num_heads,
+                         p.head_dim};
+  return poison_if_offsets_invalid(varlen_side_q(p), varlen_side_k(p), p.num_seqs, &out, 1,
+                                   p.lse, p.num_heads, p.total_q, p.lse_head_stride, s);
 }
 
 // The launcher's A/B switches: environment variable `name` set to 1.
