@@ -63,7 +63,7 @@ struct VarlenSide {
   }
   // Entry b in [0, n] (n = num_seqs) against params.h's contract, unclamped:
   // the conditions of varlen_detail::check_side below, one entry at a time so
-  // that a GPU block can check all of them in parallel (varlen_fill.cu).
+  // that GPU threads can check them in parallel (varlen_fill.cu).
   JAX_FA3_HD bool entry_ok(int64_t b, int64_t n) const {
     if (b == 0 && cu[0] != 0) return false;
     if (b == n) return cu[n] <= total;
