@@ -72,14 +72,14 @@ template <int D> struct BwdTileConfig {
 #endif
 };
 
-// What one CTA's (sequence or batch entry, head) adds to the params. Dense:
-// the params' mask, rows from 0 of batch entry b. Varlen: the sequence's
-// mask and its rows in the packed tensors and in the padded scratch
-// (bwd_scratch.h).
 // The fused dQ convert's reduction scratch (bwd_dq_fuse_progress): one int
 // per consumer warp (two warpgroups), then one.
 constexpr int kDqSumInts = 2 * 4 + 1;
 
+// What one CTA's (sequence or batch entry, head) adds to the params. Dense:
+// the params' mask, rows from 0 of batch entry b. Varlen: the sequence's
+// mask and its rows in the packed tensors and in the padded scratch
+// (bwd_scratch.h).
 struct BwdSeq {
   FwdMask mask;
   int64_t ws_row;      // scratch row (lse2, dPsum, dQ accumulator) of query row 0
