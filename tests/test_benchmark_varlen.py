@@ -48,3 +48,22 @@ def test_varlen_benchmark_smoke(tmp_path):
   assert all(x["ms"] > 0 and not x.get("error") for x in records), records
   ours = [x for x in records if x["impl"] == "jax_fa3-varlen"]
   assert all(x["tflops_vs_dense"] > 0 and x["tokens"] == 512 for x in ours)
+
+
+@pytest.mark.skipif(mpw.in_child(), reason="the multi-device child runs other modules")
+def test_varlen_benchmark_peer_rows_agree(tmp_path):
+  # The three padded readings (seq lengths, boolean mask, repack from packed)
+  # run with XLA on the CPU: their padding, masks and unpadding must match the
+  # packed kernel on every valid row, or the run exits 1.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  impls = "jax_fa3-varlen,jax-cudnn-padded,jax-cudnn-mask,jax-cudnn-repack"
+  r = subprocess.run([sys.executable, "-m", "benchmarks.varlen", "--smoke",
+                      f"--out_dir={tmp_path}", "--tag=cpu", f"--impls={impls}",
+                      "--peer_implementation=xla"],
+                     env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+  assert r.returncode == 0, f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+  with open(tmp_path / "varlen-cpu.json") as f:
+    records = json.load(f)
+  peers = [x for x in records if x["impl"].startswith("jax-cudnn")]
+  assert len(peers) == 3 * 4 and all(x["ms"] > 0 for x in peers), records
+  assert all(x["rel_err_vs_varlen"] < 2e-2 and x["varlen_speedup"] > 0 for x in peers), peers
