@@ -173,9 +173,7 @@ class Problem:
                       self.total + jnp.arange(self.valid.size).reshape(self.valid.shape))
       def repack(q, k, v):
         pad = lambda x: x.at[idx].get(mode="fill", fill_value=0, unique_indices=True)
-        out = padded(pad(q), pad(k), pad(v))
-        out = out.reshape((-1,) + out.shape[2:])
-        return out.at[self.valid_rows].get(unique_indices=True, indices_are_sorted=True)
+        return self.unpad(padded(pad(q), pad(k), pad(v)))
       return jax.jit(repack)
     if impl == "jax_fa3-dense":
       return jax.jit(lambda q, k, v: jax_fa3.attention(q, k, v, causal=causal))
@@ -188,7 +186,8 @@ class Problem:
 
   def unpad(self, x):
     """Padded (docs, max_len, ...) -> packed (total, ...) rows of the documents."""
-    return x[self.valid]
+    x = x.reshape((-1,) + x.shape[2:])
+    return x.at[self.valid_rows].get(unique_indices=True, indices_are_sorted=True)
 
   def check(self, causal: bool, mode: str, peer: str) -> float:
     """rel-L2 of jax_fa3-varlen against ``peer`` on the valid rows (worst leaf)."""
