@@ -25,13 +25,16 @@
 #   varlen   issue 7 through JAX: tests/test_gpu_varlen.py, invalid offsets under
 #            compute-sanitizer memcheck
 #   varlenbench  python -m benchmarks.varlen ($VARLEN_FLAGS)
-#   dqfuseab A/B through JAX of the backward's fused dQ convert (base: the
-#            separate convert kernel alone); scripts/ab_summary.py
+#   dqfuseab A/B through JAX of the backward (base: AB_BASE_ENV, default the
+#            separate dQ convert kernel alone); scripts/ab_summary.py
 #   demo     the README's demo
 #   kprof    per-kernel times under ncu (no clock or cache control): the
 #            backward's pre/main/convert kernels and cuDNN's, for the
 #            varlen documents and dense 2k/16k (KPROF_DIM, default 128);
 #            summary by scripts/kprof_summary.py
+#   power    SM clock and power (nvidia-smi every 50 ms) while the varlen
+#            backward of ours and cuDNN's padded one run (POWER_IMPLS,
+#            VARLEN_FLAGS); energy per call by scripts/power_summary.py
 # Usage (repo root, on the device): bash scripts/device.sh build cputest gputest bench harness
 # Needs the nvidia-cutlass wheel carried in .whl/ (README, "GPU machine").
 # $OUT gets summary.txt, the benchmark's json/md/png and logs/ (written there
@@ -318,6 +321,25 @@ PY
       stamp "bench varlen: rc=$?"
       grep -A20 "^impl" "$LOGS/bench_varlen.log" | tee -a "$summary"
       ;;
+    power)
+      pdir="$OUT/power"
+      mkdir -p "$pdir"
+      for impl in ${POWER_IMPLS:-jax_fa3-varlen jax-cudnn-padded}; do
+        for c in false true; do
+          tag="${impl}_$c"
+          nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
+            --format=csv,noheader -lms 50 >"$pdir/smi_$tag.csv" &
+          smi=$!
+          python3 -m benchmarks.varlen --modes bwd --causal $c --impls $impl --check=false \
+            --iters 30 --min_rep_ms 100 --out_dir "$pdir/$tag" ${VARLEN_FLAGS:-} \
+            >"$LOGS/power_$tag.log" 2>&1
+          rc=$?
+          kill $smi
+          stamp "power $tag: rc=$rc"
+        done
+      done
+      python3 scripts/power_summary.py "$pdir" | tee -a "$summary"
+      ;;
     kprof)
       d=${KPROF_DIM:-128}
       mets=gpu__time_duration.sum,sm__cycles_active.avg,sm__cycles_active.max,sm__cycles_elapsed.max,launch__grid_size
@@ -336,13 +358,15 @@ PY
       python3 scripts/kprof_summary.py "$OUT/kprof_dense_d$d.csv" | tee -a "$summary"
       ;;
     dqfuseab)
-      # A/B of the backward's fused dQ convert through JAX (JAX_FA3_BWD_DQ_FUSE_ROWS=0,
-      # the separate convert kernel alone, is the base), in the order base new
-      # new base: the varlen documents (DQAB_VARLEN_FLAGS) and dense points
-      # (DQAB_DIMS, DQAB_SEQLENS); json in $OUT/ab, summary by scripts/ab_summary.py.
+      # A/B of the backward through JAX, base = the build run with AB_BASE_ENV
+      # (default JAX_FA3_BWD_DQ_FUSE_ROWS=0: the separate dQ convert kernel
+      # alone; JAX_FA3_BWD_DQ_FIRST_STORE=0: the zeroed dQ accumulator), in the
+      # order base new new base: the varlen documents (DQAB_VARLEN_FLAGS) and
+      # dense points (DQAB_DIMS, DQAB_SEQLENS); json in $OUT/ab, summary by
+      # scripts/ab_summary.py.
       for tag in base1 new1 new2 base2; do
         envs=""
-        [ "${tag:0:4}" = base ] && envs="JAX_FA3_BWD_DQ_FUSE_ROWS=0"
+        [ "${tag:0:4}" = base ] && envs="${AB_BASE_ENV:-JAX_FA3_BWD_DQ_FUSE_ROWS=0}"
         env $envs python3 -m benchmarks.varlen --modes bwd --impls jax_fa3-varlen --check=false \
           --out_dir "$OUT/ab" --tag "$tag" ${DQAB_VARLEN_FLAGS:-} >"$LOGS/ab_varlen_$tag.log" 2>&1
         env $envs python3 -m benchmarks.attention --modes bwd --impls jax_fa3 --check=false \

@@ -41,4 +41,11 @@ bool varlen_plain_rr();
 // device.cu.
 int bwd_dq_fuse_rows_env();
 
+// The backward's dQ accumulator without zeroing (bwd_dq.h), for A/B runs and
+// tests: JAX_FA3_BWD_DQ_FIRST_STORE=0 zeroes it for every mask (each CTA
+// adds), =1 leaves it unzeroed for every mask (the first CTA at each query
+// block stores), instead of the launcher's choice (launch_bwd.h); -1 when
+// unset. Defined in device.cu.
+int bwd_dq_first_store_env();
+
 }  // namespace jax_fa3::hopper

@@ -32,6 +32,28 @@ using namespace cute;
 // (bwd_dq_fuse.h; the counts there are >= 0).
 constexpr int kDqConverted = -1;
 
+// First store (BwdKernelParams::dq_state not null; BwdWorkspace::
+// dq_first_store): the accumulator is not zeroed. Each block has a state,
+// zeroed by the preprocess with the counts. The writer warp of the first
+// CTA to reach a block claims it (atomicCAS kDqUnwritten -> kDqStoring)
+// and *stores* its partial there with a plain bulk copy; once the copy is
+// complete it publishes kDqStored. Any other CTA adds (bulk reduce), after
+// it has seen kDqStored (waiting while it sees kDqStoring). Blocks no CTA
+// reaches stay kDqUnwritten, and the converts give zeros for them. The
+// preprocess then moves half the bytes (O and dO read, nothing written
+// but lse2 / dPsum): 134 MB less per 16k-token d128 call. A CTA waits when
+// it reaches a block while another is storing there: rare under a causal
+// or local mask, at most steps without one (the key blocks of a head walk
+// the query blocks in step), where the launcher keeps the zeroed
+// accumulator (BwdWorkspace::dq_first_store says when, with measurements).
+constexpr int kDqUnwritten = 0, kDqStoring = 1, kDqStored = 2;
+
+// The state of the accumulator block that starts at blk.
+template <int kBlockElems>
+__device__ __forceinline__ int* bwd_dq_state_at(int* state, const float* acc, const float* blk) {
+  return state + (blk - acc) / kBlockElems;
+}
+
 // CuTe 4.2 wraps only the *tensor* bulk reduces (SM90_TMA_REDUCE_ADD_*,
 // which need a tensor map); the contiguous form is one instruction.
 __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem,
@@ -166,17 +188,18 @@ struct BwdDqConvert {
 
 // The accumulator -> dQ for the heads the main kernel did not convert
 // itself (done[bh] != kDqConverted, bwd_dq_fuse.h; done indexed by (batch
-// or sequence, head)). Grid (num_m, heads, batch), kNumMmaThreads threads
-// (BwdDqConvert). Varlen (vq.cu not null): grid (padded query blocks of all
-// sequences, heads, 1); block m finds its sequence (bwd_scratch.h) and
-// writes the rows below its attended length at its offset in the packed
-// output (offsets clamped by VarlenSide, varlen.h).
+// or sequence, head)); state: the blocks' first-store states, or null.
+// Grid (num_m, heads, batch), kNumMmaThreads threads (BwdDqConvert).
+// Varlen (vq.cu not null): grid (padded query blocks of all sequences,
+// heads, 1); block m finds its sequence (bwd_scratch.h) and writes the rows
+// below its attended length at its offset in the packed output (offsets
+// clamped by VarlenSide, varlen.h).
 template <class Traits>
 __global__ void __launch_bounds__(Traits::kNumMmaThreads)
     bwd_dq_convert_kernel(const float* acc, typename Traits::Element* dq, int seqlen_q,
                           int num_heads, int num_m, int64_t batch_stride, int64_t row_stride,
                           int64_t head_stride, float scale, VarlenSide vq, int num_seqs,
-                          const int* done) {
+                          const int* done, const int* state) {
   using C = BwdDqConvert<Traits>;
   constexpr int kBlockM = Traits::kBlockM, D = Traits::D;
   __shared__ __align__(16) typename C::Element tile[C::kTileElems];
@@ -195,13 +218,21 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   }
   if (done[done_at] == kDqConverted) return;  // by the main kernel
   int const rows = seqlen_q - m_row < kBlockM ? seqlen_q - m_row : kBlockM;
-  const float* blk = acc + (int64_t(bh) * num_m + m) * (kBlockM * D);
+  int64_t const blk_index = int64_t(bh) * num_m + m;
+  const float* blk = acc + blk_index * (kBlockM * D);
+  // First store: a block no CTA reached holds whatever was there.
+  bool const unwritten = state != nullptr && state[blk_index] == kDqUnwritten;
   typename C::Element* out =
       dq + batch * batch_stride + (seq_row + m_row) * row_stride + head * head_stride;
   CUTE_UNROLL
   for (int ch = 0; ch < C::kChunks; ++ch) {
     float4 v[C::kLoads];
-    C::load(blk, ch, v, t);
+    if (unwritten) {
+      CUTE_UNROLL
+      for (int j = 0; j < C::kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    } else {
+      C::load(blk, ch, v, t);
+    }
     C::store(v, ch, out, rows, row_stride, scale, tile, t, [] { __syncthreads(); });
   }
 }

@@ -166,8 +166,20 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
   FwdMask const& mask = bwd_cta_mask<kVarlen>(p, ss);
   int const seqlen_q = mask.seqlen_q;
   int const nblk = (seqlen_q + kBlockM - 1) / kBlockM;
+  // First store (bwd_dq.h): blocks no CTA reached are zeros, not fetched
+  // (every CTA of the head has counted, so the states are final).
+  auto unwritten = [&](int m) {
+    return p.dq_state != nullptr &&
+           __ldcg(bwd_dq_state_at<kBlockM * Traits::D>(
+               p.dq_state, p.dq_accum, bwd_dq_block<Traits, kVarlen>(p, ss, bh, m))) ==
+               kDqUnwritten;
+  };
   auto fetch = [&](int m) {  // thread 0: block m into stage m % kS
     int const s = m % kS;
+    if (unwritten(m)) {
+      ss.dq_cvt[s].arrive();
+      return;
+    }
     ss.dq_cvt[s].arrive_and_expect_tx(St::kBytes);
     cute::SM90_BULK_COPY_G2S::copy(bwd_dq_block<Traits, kVarlen>(p, ss, bh, m),
                                    reinterpret_cast<uint64_t*>(&ss.dq_cvt[s]), St::at(ss, s),
@@ -192,6 +204,10 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
     ss.dq_cvt[s].wait(uint32_t(m / kS) & 1u);
     float4 v[C::kLoads];
     C::load_smem(St::at(ss, s), v, tid);
+    if (unwritten(m)) {
+      CUTE_UNROLL
+      for (int j = 0; j < C::kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
     sync();  // every thread has read stage s
     if (tid == 0 && m + kS < nblk) fetch(m + kS);
     int const row0 = m * kBlockM;

@@ -9,7 +9,10 @@
 //           every row is zeroed, so the whole accumulator is): stores in the
 //           same pass as the loads, instead of a separate memset of the
 //           accumulator (H100: ~45 us per 16k-token d128 call on its own).
-//   dq_done = 0 (the fused dQ convert's counts, bwd_dq_fuse.h).
+//           Not with BwdWorkspace::dq_first_store, where the main kernel's
+//           first add into each block stores (bwd_dq.h): half the bytes.
+//   dq_done = 0 and the dQ block states (the fused dQ convert's counts,
+//           bwd_dq_fuse.h; BwdWorkspace::n_pre_zero ints).
 // The GQA dK/dV accumulators and the semaphores are zeroed by a
 // cudaMemsetAsync in run_bwd.
 // Varlen also gets the main kernel's launch order of sequences (seq_order).
@@ -69,7 +72,8 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
                                       int64_t q_batch_stride, int64_t q_row_stride,
                                       int64_t q_head_stride, int64_t lse_batch_stride,
                                       int64_t lse_head_stride, bool varlen, VarlenSide vq,
-                                      int num_seqs, int* dq_done, int64_t n_dq_done) {
+                                      int num_seqs, int* dq_done, int64_t n_dq_done,
+                                      bool zero_dq) {
   int const lane = threadIdx.x % 32, sub = lane % lanes, per_warp = 32 / lanes;
   int64_t warp = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   int64_t nwarps = int64_t(gridDim.x) * blockDim.x / 32;
@@ -99,7 +103,7 @@ __global__ void bwd_preprocess_kernel(const T* __restrict__ dout, const T* __res
         i = vq.start(seq) + j;
       }
       float acc = 0.f, l = INFINITY;
-      {
+      if (zero_dq) {
         float4* z = reinterpret_cast<float4*>(dq_accum + r * d);
         for (int c = sub; c < d / 4; c += lanes) z[c] = make_float4(0.f, 0.f, 0.f, 0.f);
       }
@@ -166,7 +170,8 @@ std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
       p.seqlen_q, w.sq_pad, p.num_heads, int(p.head_dim), lanes, p.q_batch_stride, p.q_row_stride,
       p.q_head_stride, p.lse_batch_stride, p.lse_head_stride,
       p.is_varlen, varlen_side_q(p),
-      int(p.num_seqs), w.at<int>(p.workspace, w.off_dq_done), w.n_dq_done);
+      int(p.num_seqs), w.at<int>(p.workspace, w.off_dq_done), w.n_pre_zero,
+      !BwdWorkspace::dq_first_store(p));
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: preprocess launch failed: ") + cudaGetErrorString(err);

@@ -82,4 +82,10 @@ int bwd_dq_fuse_rows_env() {
   return v < 0 ? 0 : (v > (1L << 30) ? (1 << 30) : int(v));
 }
 
+int bwd_dq_first_store_env() {
+  const char* e = std::getenv("JAX_FA3_BWD_DQ_FIRST_STORE");
+  if (e == nullptr || (e[0] != '0' && e[0] != '1')) return -1;
+  return e[0] - '0';
+}
+
 }  // namespace jax_fa3::hopper

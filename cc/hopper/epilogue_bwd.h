@@ -312,11 +312,41 @@ struct BwdDqWriter {
           granted = true;
         }
       } else if (!two) {
+        // First store (bwd_dq.h). The state is read before the consumers'
+        // barrier, so its round trip overlaps the wait: once a CTA trails
+        // the block's first writer it finds kDqStored here and just adds.
+        // A block still unwritten is claimed only once the partial is ready,
+        // so that no CTA waits on a claim whose data is a step away.
+        int* state = nullptr;
+        int seen = kDqStored;
+        if (p.dq_state != nullptr && lane == 0) {
+          state = bwd_dq_state_at<kBlockM * D>(p.dq_state, p.dq_accum, dq_blk);
+          seen = bwd_ld_acquire(state);
+        }
+        bool store = false;
         for (int w = 0; w < 2; ++w) {
           NamedBarrier::sync(kBwdDqBarThreads, full + w);
           if (lane == 0) {
-            bulk_reduce_add_f32(dq_blk + w * kDqHalf, ss.smem_dq.data() + w * kDqHalf,
-                                uint32_t(kDqHalf * sizeof(float)));
+            if (w == 0 && state != nullptr) {
+              if (seen == kDqUnwritten) {
+                seen = atomicCAS(state, kDqUnwritten, kDqStoring);
+                store = seen == kDqUnwritten;
+                if (seen == kDqStored) __threadfence();  // the CAS read it relaxed
+              }
+              if (seen == kDqStoring) {  // another CTA's store is under way
+                while (bwd_ld_acquire(state) != kDqStored) {
+                }
+              }
+              // The add (async proxy) after the store seen complete.
+              if (!store) asm volatile("fence.proxy.async.global;" ::: "memory");
+            }
+            if (store) {
+              cute::SM90_BULK_COPY_S2G::copy(ss.smem_dq.data() + w * kDqHalf, dq_blk + w * kDqHalf,
+                                             int32_t(kDqHalf * sizeof(float)));
+            } else {
+              bulk_reduce_add_f32(dq_blk + w * kDqHalf, ss.smem_dq.data() + w * kDqHalf,
+                                  uint32_t(kDqHalf * sizeof(float)));
+            }
             tma_store_arrive();
           }
         }
@@ -325,6 +355,11 @@ struct BwdDqWriter {
         if (m + 1 < m_hi) {  // no consumer waits after the last
           NamedBarrier::arrive(kBwdDqBarThreads, empty);
           NamedBarrier::arrive(kBwdDqBarThreads, empty + 1);
+        }
+        if (store) {  // lane 0: the store complete, then published
+          bulk_wait_complete();
+          __threadfence();
+          atomicExch(state, kDqStored);
         }
       } else {
         // Step i's barriers (and buffer, if two) are i % 2's: this writer's.

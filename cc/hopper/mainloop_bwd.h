@@ -330,12 +330,15 @@ struct BwdKernelParams {
   int64_t k_batch_stride, k_row_stride, k_head_stride;
   // Scratch, dense (batch, heads, *_pad rows) or varlen (heads, *_pad rows),
   // rows padded per sequence (bwd_scratch.h):
-  float* dq_accum;  // (.., sq_pad / kBlockM, kBlockM * D) fp32 in fragment order (bwd_dq.h), zeroed
+  // (.., sq_pad / kBlockM, kBlockM * D) fp32 in fragment order (bwd_dq.h):
+  // zeroed, or with dq_state not null uninitialised (first store, bwd_dq.h)
+  float* dq_accum;
   float* dk_accum;  // (.., sk_pad, D) fp32 of the kv heads, zeroed (GQA only)
   float* dv_accum;
   const float* lse2;   // (.., sq_pad): lse * log2(e); +inf for empty/pad rows
   const float* dpsum;  // (.., sq_pad)
   int* sem_dq;         // (.., sq_pad / kBlockM) (deterministic)
+  int* dq_state;       // (.., sq_pad / kBlockM), zeroed; null: dq_accum zeroed (bwd_dq.h)
   int* sem_dkv;        // (batch or sequences, heads_k, num_n) (deterministic GQA)
   // Fused dQ convert (bwd_dq_fuse.h): sequences of at most dq_fuse_rows query
   // rows (0: none) get their dQ from the last of their CTAs, counted in
