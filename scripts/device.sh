@@ -312,8 +312,9 @@ PY
         grep -E "^(FAILED|ERROR)" "$LOGS/gpu_varlen_$f.log" | head -10 | cut -c1-300 | tee -a "$summary"
       done
       [ "${VARLEN_MEMCHECK:-1}" = 1 ] || continue
-      XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 compute-sanitizer --tool memcheck \
-        --error-exitcode 1 python3 tests/cuda/bad_offsets.py >"$LOGS/bad_offsets.log" 2>&1
+      # PYTHONPATH: the repo root, for a carried extension (no build stage).
+      PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} XLA_PYTHON_CLIENT_PREALLOCATE=false timeout 300 \
+        compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/cuda/bad_offsets.py >"$LOGS/bad_offsets.log" 2>&1
       stamp "bad offsets under memcheck: rc=$? $(grep -c ": ran" "$LOGS/bad_offsets.log") cases ran, $(grep "ERROR SUMMARY" "$LOGS/bad_offsets.log" | tail -1)"
       ;;
     varlenbench)
