@@ -201,10 +201,11 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
 #pragma unroll 1
   for (int m = 0; m < nblk; ++m) {
     int const s = m % kS;
+    bool const zero = unwritten(m);  // read before the wait, which hides its latency
     ss.dq_cvt[s].wait(uint32_t(m / kS) & 1u);
     float4 v[C::kLoads];
     C::load_smem(St::at(ss, s), v, tid);
-    if (unwritten(m)) {
+    if (zero) {
       CUTE_UNROLL
       for (int j = 0; j < C::kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
     }

@@ -171,7 +171,7 @@ std::string launch_pre(const AttnParams& p, const BwdWorkspace& w, cudaStream_t 
       p.q_head_stride, p.lse_batch_stride, p.lse_head_stride,
       p.is_varlen, varlen_side_q(p),
       int(p.num_seqs), w.at<int>(p.workspace, w.off_dq_done), w.n_pre_zero,
-      !BwdWorkspace::dq_first_store(p));
+      /*zero_dq=*/w.off_dq_state < 0);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) {
     return std::string("jax_fa3 hopper bwd: preprocess launch failed: ") + cudaGetErrorString(err);

@@ -358,6 +358,9 @@ struct BwdDqWriter {
         }
         if (store) {  // lane 0: the store complete, then published
           bulk_wait_complete();
+          // The async proxy's writes before the generic release (the readers
+          // fence the other way before their adds).
+          asm volatile("fence.proxy.async.global;" ::: "memory");
           __threadfence();
           atomicExch(state, kDqStored);
         }
