@@ -49,6 +49,9 @@ struct AttnParams {
   int window_left = -1;   // -1: unbounded
   int window_right = -1;  // -1: unbounded; causal forces 0
   float softcap = 0.0f;   // 0: off; else s = softcap * tanh(s / softcap)
+  // Whether a causal or local mask limits the keys (the launchers' tile and
+  // scratch choices depend on it).
+  bool masked() const { return causal || window_left >= 0 || window_right >= 0; }
 
   // FA3's sm_margin: > 0 when kernels on other streams (the ring's NCCL
   // transfers) run beside the forward. FA3 leaves that many SMs idle; the

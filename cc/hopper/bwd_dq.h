@@ -48,12 +48,6 @@ constexpr int kDqConverted = -1;
 // accumulator (BwdWorkspace::dq_first_store says when, with measurements).
 constexpr int kDqUnwritten = 0, kDqStoring = 1, kDqStored = 2;
 
-// The state of the accumulator block that starts at blk.
-template <int kBlockElems>
-__device__ __forceinline__ int* bwd_dq_state_at(int* state, const float* acc, const float* blk) {
-  return state + (blk - acc) / kBlockElems;
-}
-
 // CuTe 4.2 wraps only the *tensor* bulk reduces (SM90_TMA_REDUCE_ADD_*,
 // which need a tensor map); the contiguous form is one instruction.
 __device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem,
@@ -148,6 +142,12 @@ struct BwdDqConvert {
     for (int j = 0; j < kLoads; ++j) v[j] = __ldcg(src + j * kWg + t % kWg);
   }
 
+  // A block no CTA wrote (first store, kDqUnwritten): zeros instead of a load.
+  __device__ __forceinline__ static void zero(float4 (&v)[kLoads]) {
+    CUTE_UNROLL
+    for (int j = 0; j < kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+
   // The same from a copy of the block (chunk 0) in shared memory.
   __device__ __forceinline__ static void load_smem(const float* blk, float4 (&v)[kLoads],
                                                    int t) {
@@ -227,12 +227,8 @@ __global__ void __launch_bounds__(Traits::kNumMmaThreads)
   CUTE_UNROLL
   for (int ch = 0; ch < C::kChunks; ++ch) {
     float4 v[C::kLoads];
-    if (unwritten) {
-      CUTE_UNROLL
-      for (int j = 0; j < C::kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    } else {
-      C::load(blk, ch, v, t);
-    }
+    if (unwritten) C::zero(v);
+    else C::load(blk, ch, v, t);
     C::store(v, ch, out, rows, row_stride, scale, tile, t, [] { __syncthreads(); });
   }
 }

@@ -170,8 +170,7 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
   // (every CTA of the head has counted, so the states are final).
   auto unwritten = [&](int m) {
     return p.dq_state != nullptr &&
-           __ldcg(bwd_dq_state_at<kBlockM * Traits::D>(
-               p.dq_state, p.dq_accum, bwd_dq_block<Traits, kVarlen>(p, ss, bh, m))) ==
+           __ldcg(p.dq_state + p.dq_block_index(bwd_dq_block<Traits, kVarlen>(p, ss, bh, m))) ==
                kDqUnwritten;
   };
   auto fetch = [&](int m) {  // thread 0: block m into stage m % kS
@@ -205,10 +204,7 @@ __device__ __forceinline__ void bwd_dq_fuse_convert(BwdKernelParams<Traits> cons
     ss.dq_cvt[s].wait(uint32_t(m / kS) & 1u);
     float4 v[C::kLoads];
     C::load_smem(St::at(ss, s), v, tid);
-    if (zero) {
-      CUTE_UNROLL
-      for (int j = 0; j < C::kLoads; ++j) v[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    }
+    if (zero) C::zero(v);
     sync();  // every thread has read stage s
     if (tid == 0 && m + kS < nblk) fetch(m + kS);
     int const row0 = m * kBlockM;

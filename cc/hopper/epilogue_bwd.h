@@ -255,7 +255,7 @@ struct BwdDqWriter {
     // Deterministic: the semaphore of the query block whose accumulator is
     // blk, and the count that means every higher key block touching query
     // block mm has added (2 per block, one per half).
-    auto sem_of = [&](float const* blk) { return p.sem_dq + (blk - p.dq_accum) / (kBlockM * D); };
+    auto sem_of = [&](float const* blk) { return p.sem_dq + p.dq_block_index(blk); };
     auto target_of = [&](int mm) {
       int nmin, nmax;
       bwd_cta_mask<kVarlen>(p, ss).template block_range<kBlockM, kBlockN>(mm, &nmin, &nmax);
@@ -320,7 +320,7 @@ struct BwdDqWriter {
         int* state = nullptr;
         int seen = kDqStored;
         if (p.dq_state != nullptr && lane == 0) {
-          state = bwd_dq_state_at<kBlockM * D>(p.dq_state, p.dq_accum, dq_blk);
+          state = p.dq_state + p.dq_block_index(dq_blk);
           seen = bwd_ld_acquire(state);
         }
         bool store = false;

@@ -68,7 +68,7 @@ struct BwdWorkspace {
     if (!main_kernel(p) || p.deterministic || p.head_dim == 256) return false;
     int const env = bwd_dq_first_store_env();
     if (env >= 0) return env == 1;
-    return p.causal || p.window_left >= 0 || p.window_right >= 0;
+    return p.masked();
   }
 
   static BwdWorkspace make(const AttnParams& p) {

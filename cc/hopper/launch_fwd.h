@@ -156,7 +156,7 @@ std::string launch_fwd_impl(const AttnParams& a, cudaStream_t stream) {
 // long keys (below).
 template <int D, class Element>
 std::string launch_fwd(const AttnParams& a, cudaStream_t stream) {
-  bool const masked = a.causal || a.window_left >= 0 || a.window_right >= 0;
+  bool const masked = a.masked();
   if constexpr (D == 64) {
     // Varlen stays on 2 warpgroups: with 3 the producer's 32 registers do
     // not hold the varlen tile walk (88 bytes of spills).

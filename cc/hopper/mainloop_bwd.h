@@ -435,6 +435,12 @@ struct BwdKernelParams {
     *batch = g / int(gridDim.y);
   }
 
+  // Index of the dQ accumulator block that starts at blk: its entry in
+  // sem_dq (deterministic) and dq_state (first store, bwd_dq.h).
+  __device__ __forceinline__ int64_t dq_block_index(const float* blk) const {
+    return (blk - dq_accum) / (Traits::kBlockM * Traits::D);
+  }
+
   // First row of the GQA dK/dV accumulator for key block n_block.
   template <bool kVarlen>
   __device__ __forceinline__ int64_t dkv_accum_row(int batch, int head_k, int n_block) const {
