@@ -32,6 +32,8 @@
 #            backward's pre/main/convert kernels and cuDNN's, for the
 #            varlen documents and dense 2k/16k (KPROF_DIM, default 128);
 #            summary by scripts/kprof_summary.py
+#   energy   the power stage on d128 builds with parts of the backward cut out
+#            (ENERGY_VARIANTS of scripts/energy/*.patch): where its energy goes
 #   power    SM clock and power (nvidia-smi every 50 ms) while the varlen
 #            backward of ours and cuDNN's padded one run (POWER_IMPLS,
 #            VARLEN_FLAGS); energy per call by scripts/power_summary.py
@@ -323,11 +325,11 @@ PY
       grep -A20 "^impl" "$LOGS/bench_varlen.log" | tee -a "$summary"
       ;;
     power)
-      pdir="$OUT/power"
+      pdir="${POWER_DIR:-$OUT/power}"
       mkdir -p "$pdir"
       for impl in ${POWER_IMPLS:-jax_fa3-varlen jax-cudnn-padded}; do
         for c in false true; do
-          tag="${impl}_$c"
+          tag="${POWER_PREFIX:-}${impl}_$c"
           nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active \
             --format=csv,noheader -lms 50 >"$pdir/smi_$tag.csv" &
           smi=$!
@@ -340,6 +342,39 @@ PY
         done
       done
       python3 scripts/power_summary.py "$pdir" | tee -a "$summary"
+      ;;
+    energy)
+      # Where the d128 varlen backward's energy goes: the extension rebuilt at
+      # d128 with parts of the work cut out (scripts/energy/*.patch; their
+      # results are wrong, only their time and power count), each variant's
+      # backward under the power stage, with this checkout's build and
+      # cuDNN's padded path in the same folder. ENERGY_VARIANTS:
+      # "name:patch+patch ...".
+      edir="$OUT/energy"
+      mkdir -p "$edir"
+      variants=${ENERGY_VARIANTS:-"nodq:no_dq_add elementwise:no_elementwise skeleton:no_dq_add+no_elementwise"}
+      for v in $variants; do
+        (name=${v%%:*}; patches=${v#*:}; dir=/tmp/energy_$name
+         rm -rf "$dir" "$dir.whl" && mkdir -p "$dir"
+         cp -r cc cmake jax_fa3 benchmarks scripts CMakeLists.txt pyproject.toml README.md "$dir/"
+         rm -f "$dir"/jax_fa3/*.so  # a failed build must not time the carried one
+         cd "$dir" && for pt in ${patches//+/ }; do patch -p1 -s <"scripts/energy/$pt.patch" || exit 1; done
+         JAX_FA3_CUDA=ON JAX_FA3_HEAD_DIMS=128 CMAKE_BUILD_PARALLEL_LEVEL=$half \
+           python3 -m pip wheel -v --no-build-isolation --no-deps -w "$dir.whl" . \
+           >"$LOGS/energy_build_$name.log" 2>&1 || exit 1
+         python3 -m zipfile -e "$dir.whl"/*.whl "$dir.whl/x" && cp "$dir.whl"/x/jax_fa3/_jax_fa3_ext*.so jax_fa3/
+         stamp "energy: built $name") &
+      done
+      wait
+      POWER_DIR=$edir POWER_PREFIX=base_ POWER_IMPLS="jax_fa3-varlen jax-cudnn-padded" \
+        OUT=$OUT/energy_runs/base bash scripts/device.sh power >/dev/null 2>&1
+      for v in $variants; do
+        name=${v%%:*}
+        POWER_DIR=$edir POWER_PREFIX=${name}_ POWER_IMPLS=jax_fa3-varlen \
+          OUT=$OUT/energy_runs/$name bash /tmp/energy_$name/scripts/device.sh power >/dev/null 2>&1
+        stamp "energy: $name rc=$?"
+      done
+      python3 scripts/power_summary.py "$edir" | tee -a "$summary"
       ;;
     kprof)
       d=${KPROF_DIM:-128}

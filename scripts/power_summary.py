@@ -44,7 +44,11 @@ def summarise(folder: str) -> list[dict]:
       with open(j) as fh:
         recs += json.load(fh)
     for rec in recs:
-      row = {"tag": tag, "impl": rec["impl"], "causal": rec["causal"], "ms": rec["ms"],
+      # The power stage's POWER_PREFIX (the energy stage's variant) heads the tag.
+      suffix = f"{rec['impl']}_{str(rec['causal']).lower()}"
+      variant = tag[:-len(suffix)].rstrip("_") if tag.endswith(suffix) else ""
+      row = {"tag": tag, "variant": variant, "impl": rec["impl"], "causal": rec["causal"],
+             "ms": rec["ms"],
              "tflops": rec["tflops"], "load_samples": len(load)}
       if load:
         watts = statistics.median(s[1] for s in load)
@@ -57,13 +61,17 @@ def summarise(folder: str) -> list[dict]:
 
 def main(folder: str) -> None:
   rows = summarise(folder)
+  vw = max([len(r["variant"]) for r in rows] + [0])
+  vw = max(vw, len("variant")) if vw else 0
+  label = lambda r: f"{r['variant']:{vw}s} " if vw else ""
+  print(f"{'variant':{vw}s} " if vw else "", end="")
   print(f"{'impl':18s} {'causal':6s} {'ms':>7s} {'TF/s':>6s} {'MHz':>5s} {'W':>5s} "
         f"{'capped':>6s} {'J/call':>7s} samples")
   for r in rows:
     if "watts" not in r:
-      print(f"{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f}  no samples under load")
+      print(f"{label(r)}{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f}  no samples under load")
       continue
-    print(f"{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f} "
+    print(f"{label(r)}{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f} "
           f"{r['sm_mhz']:5.0f} {r['watts']:5.0f} {r['capped']:6.0%} {r['joules_per_call']:7.3f} "
           f"{r['load_samples']}")
   with open(os.path.join(folder, "power.json"), "w") as fh:
