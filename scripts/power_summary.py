@@ -61,19 +61,23 @@ def summarise(folder: str) -> list[dict]:
 
 def main(folder: str) -> None:
   rows = summarise(folder)
-  vw = max([len(r["variant"]) for r in rows] + [0])
-  vw = max(vw, len("variant")) if vw else 0
-  label = lambda r: f"{r['variant']:{vw}s} " if vw else ""
-  print(f"{'variant':{vw}s} " if vw else "", end="")
-  print(f"{'impl':18s} {'causal':6s} {'ms':>7s} {'TF/s':>6s} {'MHz':>5s} {'W':>5s} "
-        f"{'capped':>6s} {'J/call':>7s} samples")
+  # A variant column only when the energy stage named variants.
+  vw = max((len(r["variant"]) for r in rows), default=0)
+  vw = vw and max(vw, len("variant"))
+
+  def lead(variant: str) -> str:
+    return f"{variant:{vw}s} " if vw else ""
+
+  print(lead("variant") + f"{'impl':18s} {'causal':6s} {'ms':>7s} {'TF/s':>6s} {'MHz':>5s} "
+        f"{'W':>5s} {'capped':>6s} {'J/call':>7s} samples")
   for r in rows:
-    if "watts" not in r:
-      print(f"{label(r)}{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f}  no samples under load")
-      continue
-    print(f"{label(r)}{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f} "
-          f"{r['sm_mhz']:5.0f} {r['watts']:5.0f} {r['capped']:6.0%} {r['joules_per_call']:7.3f} "
-          f"{r['load_samples']}")
+    line = f"{r['impl']:18s} {str(r['causal']):6s} {r['ms']:7.3f} {r['tflops']:6.1f}"
+    if "watts" in r:
+      line += (f" {r['sm_mhz']:5.0f} {r['watts']:5.0f} {r['capped']:6.0%} "
+               f"{r['joules_per_call']:7.3f} {r['load_samples']}")
+    else:
+      line += "  no samples under load"
+    print(lead(r["variant"]) + line)
   with open(os.path.join(folder, "power.json"), "w") as fh:
     json.dump(rows, fh, indent=1)
 
